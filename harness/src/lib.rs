@@ -1,0 +1,13 @@
+//! decodebench: which decoding strategy is fastest on my model and my hardware, and what does it
+//! cost in quality?
+//!
+//! Data flow: prompts → strategy → per-step records → tables → charts/report.
+//! This crate holds the model layer (GGUF and safetensors decoders implementing
+//! [`decodebench_strategies::DecoderModel`]), the tokenizer, the model catalog and fetcher, and
+//! the CLI.
+
+pub mod catalog;
+pub mod fetch;
+pub mod models;
+pub mod testing;
+pub mod tokenizer;

@@ -1,0 +1,114 @@
+//! One layer's key/value cache: preallocated buffers `(batch, kv_heads, capacity, head_dim)`
+//! written in place, so appending a token costs its own size, not a copy of the whole cache.
+
+use candle_core::{Result, Tensor};
+use decodebench_kernels::compact_rows;
+
+/// Capacity is grown in steps of this many positions (and doubled), so the buffers of a model
+/// with a 32k context are not allocated whole up front.
+const GROWTH: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+    len: usize,
+    /// Dimension of the sequence positions.
+    seq_dim: usize,
+}
+
+impl KvCache {
+    pub fn new(seq_dim: usize) -> Self {
+        Self { k: None, v: None, len: 0, seq_dim }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn batch(&self) -> usize {
+        match &self.k {
+            Some(k) if self.len > 0 => k.dim(0).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn capacity(&self) -> usize {
+        self.k.as_ref().map_or(0, |k| k.dim(self.seq_dim).unwrap_or(0))
+    }
+
+    /// Appends `(batch, kv_heads, n, head_dim)` keys and values; returns views of the whole cache.
+    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let n = k.dim(self.seq_dim)?;
+        let batch = k.dim(0)?;
+        let needed = self.len + n;
+        let same_batch = self.k.as_ref().is_some_and(|buf| buf.dim(0).ok() == Some(batch));
+        if !same_batch && self.len > 0 {
+            candle_core::bail!("KV cache holds {} rows, block has {batch}", self.batch());
+        }
+        if !same_batch || needed > self.capacity() {
+            let capacity = needed.max(2 * self.capacity()).next_multiple_of(GROWTH);
+            let mut shape = k.dims().to_vec();
+            shape[self.seq_dim] = capacity;
+            let new_k = Tensor::zeros(shape.as_slice(), k.dtype(), k.device())?;
+            let new_v = Tensor::zeros(shape.as_slice(), v.dtype(), v.device())?;
+            if let (Some(old_k), Some(old_v)) = (&self.k, &self.v) {
+                if self.len > 0 {
+                    new_k.slice_set(&old_k.narrow(self.seq_dim, 0, self.len)?, self.seq_dim, 0)?;
+                    new_v.slice_set(&old_v.narrow(self.seq_dim, 0, self.len)?, self.seq_dim, 0)?;
+                }
+            }
+            self.k = Some(new_k);
+            self.v = Some(new_v);
+        }
+        let (kb, vb) = (self.k.as_ref().expect("allocated above"), self.v.as_ref().expect("allocated above"));
+        kb.slice_set(&k.contiguous()?, self.seq_dim, self.len)?;
+        vb.slice_set(&v.contiguous()?, self.seq_dim, self.len)?;
+        self.len = needed;
+        Ok((kb.narrow(self.seq_dim, 0, self.len)?, vb.narrow(self.seq_dim, 0, self.len)?))
+    }
+
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len > self.len {
+            candle_core::bail!("cannot truncate a KV cache of {} positions to {len}", self.len);
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    pub fn compact(&mut self, start: usize, keep: &[usize]) -> Result<()> {
+        if let Some(&last) = keep.last() {
+            if start + last >= self.len {
+                candle_core::bail!("compact: position {} is beyond the cache ({} positions)", start + last, self.len);
+            }
+        }
+        if start > self.len {
+            candle_core::bail!("compact: block start {start} is beyond the cache ({} positions)", self.len);
+        }
+        if let (Some(k), Some(v)) = (&self.k, &self.v) {
+            compact_rows(k, self.seq_dim, start, keep)?;
+            compact_rows(v, self.seq_dim, start, keep)?;
+        }
+        self.len = start + keep.len();
+        Ok(())
+    }
+
+    pub fn reorder(&mut self, rows: &[usize]) -> Result<()> {
+        let batch = self.batch();
+        if let Some(&bad) = rows.iter().find(|&&r| r >= batch) {
+            candle_core::bail!("reorder: row {bad} does not exist (cache has {batch} rows)");
+        }
+        if let (Some(k), Some(v)) = (&self.k, &self.v) {
+            let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+            let idx = Tensor::from_vec(idx, rows.len(), k.device())?;
+            // index_select makes a fresh contiguous buffer of the same capacity.
+            self.k = Some(k.index_select(&idx, 0)?);
+            self.v = Some(v.index_select(&idx, 0)?);
+        }
+        Ok(())
+    }
+}
