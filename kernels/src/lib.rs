@@ -1,110 +1,62 @@
-//! Hot custom ops of decodebench, written once over candle tensors so they run on whatever device
-//! the model is on.
+//! Hot custom ops of decodebench.
 //!
-//! - [`attention_mask`]: the additive mask of one block forward (causal chain or tree).
+//! - [`attention()`]: attention of a block of new tokens (causal chain or tree) over the KV cache;
+//!   on the CPU in f32 an exact kernel whose rows do not depend on the block around them, on
+//!   other devices and dtypes candle's matmul + [`attention_mask`] + softmax.
+//! - [`attention_mask`]: the additive mask of one block forward.
 //! - [`compact_rows`]: moving the accepted positions of a block into place in a KV buffer.
 
-use candle_core::{DType, Device, Result, Tensor};
+mod attention;
+mod kv;
+mod mask;
 
-/// Additive attention mask `(n, cache_len + n)` for a block of `n` new tokens: 0 where a token may
-/// look, -inf elsewhere. Every token sees the whole cache and itself; within the block it sees
-/// the tokens for which `sees(i, j)` holds (`j < i`).
+pub use attention::{exact_block_attention, visible_block_rows};
+pub use kv::compact_rows;
+pub use mask::attention_mask;
+
+use candle_core::{DType, Result, Tensor};
+
+/// Attention of `n` new tokens: q `(b, heads, n, hd)`, k and v `(b, kv_heads, cache_len + n,
+/// hd)` whose last `n` positions are the block's own. `parents` gives a tree (None: causal).
+/// Returns `(b, heads, n, hd)`.
 ///
-/// Returns `None` for a single token, which sees everything there is.
-pub fn attention_mask(
-    n: usize,
+/// `exact` asks for per-row arithmetic independent of the block (CPU, f32); where that kernel
+/// does not apply, the batched path runs, whose rows may differ in the last bits.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
     cache_len: usize,
     parents: Option<&[Option<usize>]>,
-    dtype: DType,
-    device: &Device,
-) -> Result<Option<Tensor>> {
-    if n <= 1 {
-        return Ok(None);
+    exact: bool,
+) -> Result<Tensor> {
+    let (b, h, n, hd) = q.dims4()?;
+    let kvh = k.dim(1)?;
+    let total = k.dim(2)?;
+    let scale = 1.0 / (hd as f64).sqrt();
+    if exact && q.device().is_cpu() && q.dtype() == DType::F32 {
+        let visible = visible_block_rows(n, parents);
+        return exact_block_attention(&q.contiguous()?, k, v, cache_len, visible, scale as f32);
     }
-    let width = cache_len + n;
-    let mut mask = vec![f32::NEG_INFINITY; n * width];
-    for i in 0..n {
-        let row = &mut mask[i * width..(i + 1) * width];
-        row[..cache_len].fill(0.0);
-        match parents {
-            None => row[cache_len..=cache_len + i].fill(0.0),
-            Some(parents) => {
-                // Walk up the ancestors: the tree is given by parent indices, parents first.
-                let mut node = Some(i);
-                while let Some(j) = node {
-                    row[cache_len + j] = 0.0;
-                    node = parents[j];
-                }
-            }
-        }
-    }
-    Tensor::from_vec(mask, (n, width), device)?.to_dtype(dtype).map(Some)
+    // Grouped-query attention without copying K/V per head: the `h / kvh` query heads that share
+    // one KV head are stacked as extra rows of that head's matmul.
+    let groups = h / kvh;
+    let q = q.contiguous()?.reshape((b, kvh, groups * n, hd))?;
+    let att = (q.matmul(&k.t()?)? * scale)?;
+    let att = match attention_mask(n, cache_len, parents, att.dtype(), att.device())? {
+        Some(m) => att.reshape((b, kvh, groups, n, total))?.broadcast_add(&m)?.reshape((b, kvh, groups * n, total))?,
+        None => att,
+    };
+    let att = softmax_last_dim(&att)?;
+    att.matmul(v)?.reshape((b, h, n, hd))
 }
 
-/// In a buffer laid out `(.., seq, ..)` along `dim`, copies the rows `start + keep[j]` to
-/// `start + j` for every j, in place. `keep` must be strictly increasing, so every destination is
-/// at or before its source and rows already in place are skipped.
-pub fn compact_rows(buffer: &Tensor, dim: usize, start: usize, keep: &[usize]) -> Result<()> {
-    if keep.windows(2).any(|w| w[0] >= w[1]) {
-        candle_core::bail!("compact_rows: kept positions {keep:?} are not strictly increasing");
-    }
-    // The prefix of `keep` that is already in place (keep[j] == j) needs no copy.
-    let first_moved = keep.iter().enumerate().position(|(j, &k)| k != j);
-    let Some(first) = first_moved else { return Ok(()) };
-    let idx: Vec<u32> = keep[first..].iter().map(|&k| (start + k) as u32).collect();
-    let idx = Tensor::from_vec(idx, keep.len() - first, buffer.device())?;
-    // Gather first (a copy), then write: sources and destinations may overlap.
-    let rows = buffer.index_select(&idx, dim)?;
-    buffer.slice_set(&rows, dim, start + first)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn visible(mask: &Tensor) -> Vec<Vec<bool>> {
-        mask.to_vec2::<f32>().unwrap().into_iter().map(|r| r.into_iter().map(|v| v == 0.0).collect()).collect()
-    }
-
-    #[test]
-    fn causal_mask_sees_cache_and_earlier_tokens() {
-        let m = attention_mask(3, 2, None, DType::F32, &Device::Cpu).unwrap().unwrap();
-        let v = visible(&m);
-        assert_eq!(v[0], [true, true, true, false, false]);
-        assert_eq!(v[1], [true, true, true, true, false]);
-        assert_eq!(v[2], [true, true, true, true, true]);
-    }
-
-    #[test]
-    fn tree_mask_sees_only_ancestors() {
-        // 0 ─ 1 ─ 3
-        //  └─ 2
-        // 4 (second root)
-        let parents = [None, Some(0), Some(0), Some(1), None];
-        let m = attention_mask(5, 1, Some(&parents), DType::F32, &Device::Cpu).unwrap().unwrap();
-        let v = visible(&m);
-        assert_eq!(v[2], [true, true, false, true, false, false]);
-        assert_eq!(v[3], [true, true, true, false, true, false]);
-        assert_eq!(v[4], [true, false, false, false, false, true]);
-    }
-
-    #[test]
-    fn single_token_needs_no_mask() {
-        assert!(attention_mask(1, 7, None, DType::F32, &Device::Cpu).unwrap().is_none());
-    }
-
-    #[test]
-    fn compact_moves_kept_rows_into_place() {
-        let buf = Tensor::arange(0f32, 8., &Device::Cpu).unwrap().reshape((1, 8, 1)).unwrap();
-        compact_rows(&buf, 1, 2, &[0, 2, 5]).unwrap();
-        let v: Vec<f32> = buf.flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(&v[..5], &[0., 1., 2., 4., 7.]);
-    }
-
-    #[test]
-    fn compact_rejects_unordered_positions() {
-        let buf = Tensor::zeros((4, 1), DType::F32, &Device::Cpu).unwrap();
-        let err = compact_rows(&buf, 0, 0, &[2, 1]).unwrap_err().to_string();
-        assert!(err.contains("strictly increasing"), "{err}");
-    }
+/// Softmax over the last dimension in f32 (for f16/bf16 inputs too), back in the input dtype.
+fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let max = x.max_keepdim(candle_core::D::Minus1)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(candle_core::D::Minus1)?;
+    e.broadcast_div(&sum)?.to_dtype(dtype)
 }

@@ -7,7 +7,7 @@
 
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Result, Tensor};
-use decodebench_kernels::attention_mask;
+use decodebench_kernels::attention;
 use decodebench_strategies::{BlockAttention, DecoderModel, ForwardInput, ForwardOutput, LogitRows, ModelInfo};
 
 use super::kv_cache::KvCache;
@@ -44,11 +44,36 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.weight.forward(x)?;
+    /// `exact_rows`: every row must get the bits it would get alone (see [`Transformer::forward`]).
+    pub fn forward(&self, x: &Tensor, exact_rows: bool) -> Result<Tensor> {
+        let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?;
+        let y = if exact_rows && rows > 1 && x.device().is_cpu() && !self.rows_are_independent() {
+            // One matmul per row: the multi-row kernel of this weight type sums in another order.
+            let dims = x.dims().to_vec();
+            let flat = x.flatten_to(dims.len() - 2)?.contiguous()?;
+            let flat = flat.reshape((rows, dims[dims.len() - 1]))?;
+            let outs = (0..rows).map(|r| self.weight.forward(&flat.narrow(0, r, 1)?)).collect::<Result<Vec<_>>>()?;
+            let y = Tensor::cat(&outs, 0)?;
+            let mut out_dims = dims;
+            *out_dims.last_mut().expect("rank >= 1") = y.dim(1)?;
+            y.reshape(out_dims)?
+        } else {
+            self.weight.forward(x)?
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
+        }
+    }
+
+    /// Whether candle's CPU matmul for this weight gives each row the same bits as a one-row
+    /// matmul would. True for the quantized types whose multi-row kernel does per-row integer dot
+    /// products (checked by the `row_consistency` test); false for Q6_K (a repacked kernel for
+    /// several rows, `vec_dot` for one) and for dense weights (gemm blocks by row count).
+    pub fn rows_are_independent(&self) -> bool {
+        match &self.weight {
+            QMatMul::QTensor(t) => t.dtype() != candle_core::quantized::GgmlDType::Q6K,
+            QMatMul::Tensor(_) | QMatMul::TensorF16(_) => false,
         }
     }
 }
@@ -96,6 +121,14 @@ pub struct TransformerWeights {
     pub blocks: Vec<Block>,
     pub final_norm: RmsNorm,
     pub lm_head: Linear,
+}
+
+/// What every layer needs to know about the block being run.
+struct BlockShape<'a> {
+    cache_len: usize,
+    parents: Option<&'a [Option<usize>]>,
+    /// Row-exact arithmetic (see [`Transformer::forward`]).
+    exact: bool,
 }
 
 pub struct Transformer {
@@ -158,45 +191,26 @@ impl Transformer {
         }
     }
 
-    fn attention(
-        &mut self,
-        layer: usize,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
-    ) -> Result<Tensor> {
+    fn attention(&mut self, layer: usize, x: &Tensor, rope: &(Tensor, Tensor), block: &BlockShape) -> Result<Tensor> {
         let (b, n, _) = x.dims3()?;
         let (h, kvh, hd) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
         let blk = &self.w.blocks[layer];
-        let q = blk.q.forward(x)?.reshape((b, n, h, hd))?.transpose(1, 2)?;
-        let k = blk.k.forward(x)?.reshape((b, n, kvh, hd))?.transpose(1, 2)?;
-        let v = blk.v.forward(x)?.reshape((b, n, kvh, hd))?.transpose(1, 2)?;
-        let q = self.rope(&q, cos, sin)?;
-        let k = self.rope(&k, cos, sin)?;
+        let exact = block.exact;
+        let q = blk.q.forward(x, exact)?.reshape((b, n, h, hd))?.transpose(1, 2)?;
+        let k = blk.k.forward(x, exact)?.reshape((b, n, kvh, hd))?.transpose(1, 2)?;
+        let v = blk.v.forward(x, exact)?.reshape((b, n, kvh, hd))?.transpose(1, 2)?;
+        let q = self.rope(&q, &rope.0, &rope.1)?;
+        let k = self.rope(&k, &rope.0, &rope.1)?;
         let (k, v) = self.cache[layer].append(&k, &v.contiguous()?)?;
-        let total = k.dim(2)?;
-
-        // Grouped-query attention without copying K/V per head: the `h / kvh` query heads that
-        // share one KV head are stacked as extra rows of that head's matmul.
-        let groups = h / kvh;
-        let q = q.reshape((b, kvh, groups * n, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let att = (q.matmul(&k.t()?)? * scale)?;
-        let att = match mask {
-            Some(m) => att.reshape((b, kvh, groups, n, total))?.broadcast_add(m)?.reshape((b, kvh, groups * n, total))?,
-            None => att,
-        };
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v)?; // (b, kvh, groups * n, hd)
-        let y = y.reshape((b, h, n, hd))?.transpose(1, 2)?.reshape((b, n, h * hd))?;
-        blk.o.forward(&y)
+        let y = attention(&q, &k, &v, block.cache_len, block.parents, exact)?;
+        let y = y.transpose(1, 2)?.reshape((b, n, h * hd))?;
+        blk.o.forward(&y, exact)
     }
 
-    fn mlp(&self, layer: usize, x: &Tensor) -> Result<Tensor> {
+    fn mlp(&self, layer: usize, x: &Tensor, exact: bool) -> Result<Tensor> {
         let blk = &self.w.blocks[layer];
-        let gate = candle_nn::ops::silu(&blk.gate.forward(x)?)?;
-        blk.down.forward(&(gate * blk.up.forward(x)?)?)
+        let gate = candle_nn::ops::silu(&blk.gate.forward(x, exact)?)?;
+        blk.down.forward(&(gate * blk.up.forward(x, exact)?)?, exact)
     }
 }
 
@@ -247,16 +261,21 @@ impl DecoderModel for Transformer {
             BlockAttention::Causal => None,
             BlockAttention::Tree { parents } => Some(parents.as_slice()),
         };
-        let mask = attention_mask(n, cache_len, parents, self.dtype, &self.device)?;
+        // A block on an empty cache is a prompt prefill, which every strategy runs identically:
+        // it may take the fastest batched kernels. Every later block (a decoded token, a draft
+        // chain, a tree) computes each row exactly as if its token were decoded alone, so that a
+        // lossless strategy reproduces greedy decoding bit for bit.
+        let block = BlockShape { cache_len, parents, exact: cache_len > 0 };
+        let rope = (cos, sin);
 
         let ids = Tensor::from_slice(input.tokens, (b, n), &self.device)?;
         let mut x = self.w.embed.forward(&ids)?.to_dtype(self.dtype)?;
         for layer in 0..self.cfg.n_layers {
             let h = self.w.blocks[layer].attn_norm.forward(&x)?;
-            let h = self.attention(layer, &h, &cos, &sin, mask.as_ref())?;
+            let h = self.attention(layer, &h, &rope, &block)?;
             x = (x + h)?;
             let h = self.w.blocks[layer].mlp_norm.forward(&x)?;
-            x = (&x + self.mlp(layer, &h)?)?;
+            x = (&x + self.mlp(layer, &h, block.exact)?)?;
         }
         let x = match input.rows {
             LogitRows::All => x,
@@ -268,7 +287,8 @@ impl DecoderModel for Transformer {
     }
 
     fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.w.lm_head.forward(hidden)?.to_dtype(DType::F32)
+        // Exact rows always: the Medusa heads project single rows and blocks alike.
+        self.w.lm_head.forward(hidden, true)?.to_dtype(DType::F32)
     }
 
     fn cache_len(&self) -> usize {
