@@ -9,7 +9,7 @@ use decodebench::catalog::resolve_model;
 use decodebench::fetch::{run_models_command, ModelsCommand};
 use decodebench::models;
 use decodebench::tokenizer::ChatMessage;
-use decodebench_strategies::greedy::{self, StopConfig};
+use decodebench_strategies::{autoregressive, StopConfig};
 
 #[derive(Parser)]
 #[command(name = "decodebench", version, about = "Which decoding strategy is fastest on my model and my hardware, and what does it cost in quality?")]
@@ -123,7 +123,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
             Err(e) => stream_error = Some(e),
         }
     };
-    let generation = greedy::generate(&mut loaded.model, &prompt, &stop, &mut on_token)
+    let generation = autoregressive::greedy(&mut loaded.model, &prompt, &stop, &mut on_token)
         .map_err(|e| anyhow::anyhow!("{}: generation failed: {e}", args.model))?;
     if let Some(e) = stream_error {
         return Err(e.context("decoding the streamed tokens"));

@@ -9,10 +9,14 @@
 //! Nothing here mentions a device: tensors stay wherever the model put them, and the few values
 //! that must come back to the host each step go through [`host`].
 
-pub mod greedy;
+pub mod autoregressive;
+mod common;
 pub mod host;
 mod model;
 mod record;
+pub mod sampler;
+pub mod toy;
 
+pub use common::{prefill, StopConfig};
 pub use model::{BlockAttention, DecoderModel, ForwardInput, ForwardOutput, LogitRows, ModelInfo};
 pub use record::{Generation, StepRecord, StopReason};
