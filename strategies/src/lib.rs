@@ -10,11 +10,14 @@
 //! that must come back to the host each step go through [`host`].
 
 pub mod autoregressive;
+pub mod beam;
 mod common;
 pub mod host;
+pub mod medusa;
 mod model;
 mod record;
 pub mod sampler;
+pub mod speculative;
 pub mod toy;
 
 pub use common::{prefill, StopConfig};

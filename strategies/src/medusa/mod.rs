@@ -1,0 +1,1 @@
+//! Medusa decoding (in progress).
