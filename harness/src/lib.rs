@@ -7,7 +7,10 @@
 //! the CLI.
 
 pub mod catalog;
+pub mod data;
+pub mod decoding;
 pub mod fetch;
 pub mod models;
 pub mod testing;
+pub mod verify;
 pub mod tokenizer;

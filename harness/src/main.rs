@@ -7,9 +7,13 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use decodebench::catalog::resolve_model;
 use decodebench::fetch::{run_models_command, ModelsCommand};
-use decodebench::models;
-use decodebench::tokenizer::ChatMessage;
-use decodebench_strategies::{autoregressive, StopConfig};
+use decodebench::data;
+use decodebench::decoding::{self, check_draft_compatible, prompt_ids, Models, Strategy};
+use decodebench::models::{self, LoadedModel};
+use decodebench_strategies::beam::{BeamConfig, EarlyStopping};
+use decodebench_strategies::sampler::SamplingConfig;
+use decodebench_strategies::speculative::{GammaSchedule, SpecAcceptance, SpeculativeConfig};
+use decodebench_strategies::StopConfig;
 
 #[derive(Parser)]
 #[command(name = "decodebench", version, about = "Which decoding strategy is fastest on my model and my hardware, and what does it cost in quality?")]
@@ -22,6 +26,8 @@ struct Cli {
 enum Command {
     /// Generate an answer to one prompt, streaming it, and report tokens/s.
     Generate(GenerateArgs),
+    /// Check every lossless configuration against greedy decoding, token for token.
+    Verify(VerifyArgs),
     /// Install or list the default models.
     Models {
         #[command(subcommand)]
@@ -41,6 +47,27 @@ enum ModelsSub {
 enum DeviceArg {
     Cpu,
     Cuda,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StrategyArg {
+    Greedy,
+    Sample,
+    Beam,
+    Speculative,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AcceptArg {
+    Greedy,
+    Typical,
+    Rejection,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScheduleArg {
+    Constant,
+    Heuristic,
 }
 
 #[derive(clap::Args)]
@@ -65,6 +92,100 @@ struct GenerateArgs {
     json: bool,
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceArg,
+    #[command(flatten)]
+    strategy: StrategyArgs,
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// Target model (same forms as `generate --model`).
+    #[arg(long, default_value = "qwen2.5-coder-1.5b")]
+    model: String,
+    /// Draft model: adds speculative decoding with greedy acceptance, γ = 1..8.
+    #[arg(long)]
+    draft: Option<String>,
+    /// Prompt file: JSON Lines (`prompt`, or MT-Bench `turns`) or plain text, one per line.
+    /// Default: datasets/verify.jsonl.
+    #[arg(long)]
+    prompts: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// Print the outcomes as JSON.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+}
+
+/// How to decode (shared by `generate` and, for its fixed settings, `verify`).
+#[derive(clap::Args)]
+struct StrategyArgs {
+    #[arg(long, value_enum, default_value = "greedy")]
+    strategy: StrategyArg,
+    /// Draft model for speculative decoding (same forms as --model).
+    #[arg(long)]
+    draft: Option<String>,
+    /// Draft tokens per step (the first step's, with --gamma-schedule heuristic).
+    #[arg(long, default_value_t = 4)]
+    gamma: usize,
+    #[arg(long, value_enum, default_value = "constant")]
+    gamma_schedule: ScheduleArg,
+    /// Stop drafting when the draft's top-1 probability is below P.
+    #[arg(long)]
+    p_min: Option<f64>,
+    /// Acceptance rule: greedy (lossless against greedy decoding), rejection (speculative
+    /// sampling), typical (Medusa). Default: greedy at temperature 0, else rejection.
+    #[arg(long, value_enum)]
+    accept: Option<AcceptArg>,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Beams for --strategy beam.
+    #[arg(long, default_value_t = 4)]
+    num_beams: usize,
+    /// Beam score = sum log-prob / generated_length^L (Hugging Face's length_penalty).
+    #[arg(long, default_value_t = 1.0)]
+    length_penalty: f64,
+    /// Beam stopping rule: true, false (Hugging Face's heuristic) or never.
+    #[arg(long, default_value = "false")]
+    early_stopping: EarlyStopping,
+}
+
+impl StrategyArgs {
+    fn sampling(&self) -> SamplingConfig {
+        SamplingConfig { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed }
+    }
+
+    fn strategy(&self) -> Result<Strategy> {
+        let accept = self.accept.unwrap_or(if self.temperature > 0.0 { AcceptArg::Rejection } else { AcceptArg::Greedy });
+        Ok(match self.strategy {
+            StrategyArg::Greedy => Strategy::Greedy,
+            StrategyArg::Sample => Strategy::Sample,
+            StrategyArg::Beam => Strategy::Beam(BeamConfig {
+                num_beams: self.num_beams,
+                length_penalty: self.length_penalty,
+                early_stopping: self.early_stopping,
+            }),
+            StrategyArg::Speculative => {
+                let acceptance = match accept {
+                    AcceptArg::Greedy => SpecAcceptance::Greedy,
+                    AcceptArg::Rejection => SpecAcceptance::Rejection,
+                    AcceptArg::Typical => bail!("--accept typical applies to Medusa; speculative decoding takes greedy or rejection"),
+                };
+                let schedule = match self.gamma_schedule {
+                    ScheduleArg::Constant => GammaSchedule::Constant,
+                    ScheduleArg::Heuristic => GammaSchedule::Heuristic,
+                };
+                Strategy::Speculative(SpeculativeConfig { gamma: self.gamma, schedule, p_min: self.p_min, acceptance })
+            }
+        })
+    }
 }
 
 fn device(arg: DeviceArg) -> Result<candle_core::Device> {
@@ -79,28 +200,30 @@ fn device(arg: DeviceArg) -> Result<candle_core::Device> {
     }
 }
 
+fn load(name: &str, device: &candle_core::Device, progress: bool) -> Result<LoadedModel> {
+    let source = resolve_model(name, progress)?;
+    models::load(&source, Some(name), None, device)
+}
+
 fn generate(args: &GenerateArgs) -> Result<()> {
-    let device = device(args.device)?;
-    let source = resolve_model(&args.model, !args.json)?;
-    let mut loaded = models::load(&source, Some(&args.model), None, &device)?;
-    let tok = &loaded.tokenizer;
-    let text = if args.raw {
-        args.prompt.clone()
-    } else {
-        let mut messages = Vec::new();
-        if let Some(system) = &args.system {
-            messages.push(ChatMessage::system(system.clone()));
-        }
-        messages.push(ChatMessage::user(args.prompt.clone()));
-        tok.chat_prompt(&messages, true)?
-    };
-    let mut prompt = tok.encode(&text)?;
-    if let (true, Some(bos)) = (tok.adds_bos(), tok.bos_token_id()) {
-        if prompt.first() != Some(&bos) {
-            prompt.insert(0, bos);
-        }
+    let strategy = args.strategy.strategy()?;
+    let sampling = args.strategy.sampling();
+    sampling.validate().map_err(anyhow::Error::msg)?;
+    if args.strategy.draft.is_some() && args.strategy.strategy != StrategyArg::Speculative {
+        bail!("--draft is only used by --strategy speculative");
     }
-    let context = loaded.model.config().max_context;
+    let device = device(args.device)?;
+    let mut target = load(&args.model, &device, !args.json)?;
+    let mut draft = match &args.strategy.draft {
+        Some(name) => Some(load(name, &device, !args.json)?),
+        None => None,
+    };
+    if let Some(draft) = &draft {
+        check_draft_compatible(&target, draft)?;
+    }
+    let tok = target.tokenizer.clone();
+    let prompt = prompt_ids(&tok, &args.prompt, args.system.as_deref(), args.raw)?;
+    let context = target.model.config().max_context;
     if prompt.len() >= context {
         bail!("--prompt: {} tokens do not fit the context of {} ({context} tokens)", prompt.len(), args.model);
     }
@@ -123,8 +246,8 @@ fn generate(args: &GenerateArgs) -> Result<()> {
             Err(e) => stream_error = Some(e),
         }
     };
-    let generation = autoregressive::greedy(&mut loaded.model, &prompt, &stop, &mut on_token)
-        .map_err(|e| anyhow::anyhow!("{}: generation failed: {e}", args.model))?;
+    let models = Models { target: &mut target, draft: draft.as_mut() };
+    let generation = decoding::run(&strategy, models, &prompt, &stop, &sampling, &mut on_token)?;
     if let Some(e) = stream_error {
         return Err(e.context("decoding the streamed tokens"));
     }
@@ -132,7 +255,8 @@ fn generate(args: &GenerateArgs) -> Result<()> {
     if json {
         let out = serde_json::json!({
             "model": args.model,
-            "strategy": "greedy",
+            "draft": args.strategy.draft,
+            "strategy": strategy.name(),
             "text": answer,
             "token_ids": generation.tokens,
             "prompt_tokens": prompt.len(),
@@ -143,6 +267,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
             "tokens_per_s": generation.tokens_per_s(),
             "mean_accepted_tokens": generation.mean_accepted_tokens(),
             "target_forwards": generation.steps.len() + 1,
+            "steps": generation.steps,
         });
         println!("{out}");
     } else {
@@ -152,14 +277,61 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         let _ = writeln!(stdout);
         drop(stdout);
         eprintln!(
-            "[{} | {} prompt tokens, prefill {:.2} s | {} new tokens, decode {:.2} s, {:.1} tokens/s]",
+            "[{} {} | {} prompt tokens, prefill {:.2} s | {} new tokens, decode {:.2} s, {:.1} tokens/s, {:.2} tokens per target forward]",
             args.model,
+            strategy.name(),
             prompt.len(),
             generation.prefill_s,
             generation.tokens.len(),
             generation.decode_s,
-            generation.tokens_per_s()
+            generation.tokens_per_s(),
+            generation.mean_accepted_tokens()
         );
+    }
+    Ok(())
+}
+
+fn verify(args: &VerifyArgs) -> Result<()> {
+    let device = device(args.device)?;
+    let prompts = match &args.prompts {
+        Some(path) => data::load_prompts(path)?,
+        None => data::default_verify_prompts(),
+    };
+    let mut target = load(&args.model, &device, !args.json)?;
+    let mut draft = match &args.draft {
+        Some(name) => Some(load(name, &device, !args.json)?),
+        None => None,
+    };
+    let mut configs: Vec<(String, Strategy)> = Vec::new();
+    if let Some(d) = &draft {
+        check_draft_compatible(&target, d)?;
+        let spec = |gamma, schedule, p_min| {
+            Strategy::Speculative(SpeculativeConfig { gamma, schedule, p_min, acceptance: SpecAcceptance::Greedy })
+        };
+        for gamma in 1..=8 {
+            configs.push((format!("speculative γ={gamma}"), spec(gamma, GammaSchedule::Constant, None)));
+        }
+        configs.push(("speculative γ=4 heuristic".into(), spec(4, GammaSchedule::Heuristic, None)));
+        configs.push(("speculative γ=8 p_min=0.5".into(), spec(8, GammaSchedule::Constant, Some(0.5))));
+    }
+    // One beam is greedy decoding by another code path (batched cache, reorders).
+    configs.push(("beam num_beams=1".into(), Strategy::Beam(BeamConfig::new(1))));
+    let outcomes = decodebench::verify::run(&mut target, draft.as_mut(), &prompts, args.max_new_tokens, &configs, !args.json)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&outcomes)?);
+    } else {
+        println!(
+            "{} prompts × {} new tokens, {}{}",
+            prompts.len(),
+            args.max_new_tokens,
+            args.model,
+            args.draft.as_ref().map(|d| format!(", draft {d}")).unwrap_or_default()
+        );
+        print!("{}", decodebench::verify::format_outcomes(&outcomes, &target.tokenizer));
+    }
+    let diverged = outcomes.iter().filter(|o| o.identical < o.prompts).count();
+    if diverged > 0 {
+        bail!("{diverged} of {} configurations diverged from greedy decoding", outcomes.len());
     }
     Ok(())
 }
@@ -167,6 +339,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate(&args),
+        Command::Verify(args) => verify(&args),
         Command::Models { command } => {
             let cmd = match command {
                 ModelsSub::Fetch { names } => ModelsCommand::Fetch(names),

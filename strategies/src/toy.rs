@@ -46,6 +46,11 @@ impl ToyModel {
         Self::new(vocab_size, 4096, f, device)
     }
 
+    /// The function behind the logits (to build related models, e.g. a noisy draft).
+    pub fn logits_fn(&self) -> LogitsFn {
+        self.logits_fn.clone()
+    }
+
     /// The sequence held for batch row `row`.
     pub fn sequence(&self, row: usize) -> &[u32] {
         &self.rows[row]

@@ -17,6 +17,8 @@ pub use transformer::Transformer;
 
 /// A model ready to decode: weights, tokenizer, and what it is.
 pub struct LoadedModel {
+    /// The name it was asked for by (catalog name or path).
+    pub name: String,
     pub model: Transformer,
     pub tokenizer: TextTokenizer,
     /// Weight type, e.g. `Q4K` or `BF16`.
@@ -39,8 +41,8 @@ pub fn load(source: &ModelSource, name: Option<&str>, dtype: Option<DType>, devi
             file.config()?;
             let tokenizer = TextTokenizer::from_gguf(&file.content, path)?;
             let quantization = file.quantization();
-            let model = file.load_transformer(name, device)?;
-            Ok(LoadedModel { model, tokenizer, quantization })
+            let model = file.load_transformer(name.clone(), device)?;
+            Ok(LoadedModel { name, model, tokenizer, quantization })
         }
         ModelSource::HfDir(dir) => {
             let cfg = safetensors::read_config(dir)?;
@@ -51,8 +53,8 @@ pub fn load(source: &ModelSource, name: Option<&str>, dtype: Option<DType>, devi
             let tokenizer = TextTokenizer::from_hf_dir(dir)
                 .with_context(|| format!("{}: cannot build the tokenizer", dir.display()))?;
             let name = name.map_or_else(|| display_name(dir), str::to_string);
-            let model = safetensors::load_transformer(dir, name, Some(dtype), device)?;
-            Ok(LoadedModel { model, tokenizer, quantization: format!("{dtype:?}").to_uppercase() })
+            let model = safetensors::load_transformer(dir, name.clone(), Some(dtype), device)?;
+            Ok(LoadedModel { name, model, tokenizer, quantization: format!("{dtype:?}").to_uppercase() })
         }
     }
 }

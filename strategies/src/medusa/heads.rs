@@ -1,0 +1,321 @@
+//! Medusa heads: K small networks on the base model's last hidden state, head k guessing the
+//! token k + 2 positions ahead of the hidden state's token (the base model's own logits give the
+//! next one).
+//!
+//! Head k is `ResBlock^n` (`x + SiLU(W x + b)`, the official heads have n = 1) followed by a
+//! vocabulary projection: the head's own (the Medusa-1 layout, weight (vocab, hidden) without
+//! bias) or the base model's `lm_head` (the Medusa-2 layout). The K heads are stacked and run as
+//! batched matmuls, in f32, on the device the weights were put on (the caller passes the model's
+//! device).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Result, Tensor, D};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::{DecoderModel, ModelInfo};
+
+/// File name of the official heads (FasterDecoding Medusa checkpoints).
+pub const HEADS_FILE: &str = "medusa_lm_head.safetensors";
+
+/// Where each head's vocabulary projection comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadLayout {
+    /// Medusa-1: every head has its own `(vocab, hidden)` projection.
+    OwnProjection,
+    /// Medusa-2: the heads share the base model's `lm_head`.
+    SharedLmHead,
+}
+
+/// One stacked ResBlock of all heads.
+#[derive(Debug, Clone)]
+struct ResBlock {
+    /// `(K, hidden_in, hidden_out)`: every head's `W` transposed, so that `x · w_t = W x`.
+    w_t: Tensor,
+    /// `(K, 1, hidden)`.
+    bias: Tensor,
+}
+
+/// K Medusa heads.
+#[derive(Debug, Clone)]
+pub struct MedusaHeads {
+    num_heads: usize,
+    hidden_size: usize,
+    layout: HeadLayout,
+    res_blocks: Vec<ResBlock>,
+    /// `(K, hidden, vocab)` (own projections transposed), Medusa-1 only.
+    projection: Option<Tensor>,
+    /// Where the weights came from: a file or `random:K (seed S)`.
+    source: String,
+}
+
+impl MedusaHeads {
+    /// Heads with seeded random weights (one ResBlock each): no trained heads needed to check
+    /// that a strategy is exact or to time a tree. `vocab_size` matters only for
+    /// [`HeadLayout::OwnProjection`]. Weights are uniform with unit-variance outputs
+    /// (`±sqrt(3 / hidden)`), biases `±0.1`.
+    pub fn random(
+        num_heads: usize,
+        hidden_size: usize,
+        vocab_size: usize,
+        layout: HeadLayout,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        if num_heads == 0 || hidden_size == 0 {
+            candle_core::bail!("random Medusa heads need at least one head and a hidden size (got {num_heads} heads, hidden {hidden_size})");
+        }
+        let mut rng = StdRng::seed_from_u64(seed);
+        let scale = (3.0 / hidden_size as f32).sqrt();
+        let mut uniform = |n: usize, s: f32| -> Vec<f32> { (0..n).map(|_| s * rng.random_range(-1.0f32..1.0)).collect() };
+        let (k, h) = (num_heads, hidden_size);
+        let w_t = Tensor::from_vec(uniform(k * h * h, scale), (k, h, h), device)?;
+        let bias = Tensor::from_vec(uniform(k * h, 0.1), (k, 1, h), device)?;
+        let projection = match layout {
+            HeadLayout::SharedLmHead => None,
+            HeadLayout::OwnProjection => Some(Tensor::from_vec(uniform(k * h * vocab_size, scale), (k, h, vocab_size), device)?),
+        };
+        Ok(Self {
+            num_heads,
+            hidden_size,
+            layout,
+            res_blocks: vec![ResBlock { w_t, bias }],
+            projection,
+            source: format!("random:{num_heads} (seed {seed})"),
+        })
+    }
+
+    /// Loads heads in the official FasterDecoding safetensors layout (`medusa_lm_head.safetensors`;
+    /// `path` may also be the folder holding it): `{i}.{j}.linear.weight` `(hidden, hidden)` and
+    /// `{i}.{j}.linear.bias` `(hidden)` for ResBlock j of head i, and `{i}.{n}.weight`
+    /// `(vocab, hidden)` for head i's own projection after its n ResBlocks (Medusa-1); a file
+    /// without projections holds Medusa-2 heads, which use the base model's `lm_head`. Keys may
+    /// carry a `medusa_head.` prefix. Weights are converted to f32 on `device`. Errors name the
+    /// file and the key.
+    pub fn load(path: &Path, device: &Device) -> Result<Self> {
+        let file = if path.is_dir() { path.join(HEADS_FILE) } else { path.to_path_buf() };
+        let fname = file.display().to_string();
+        if file.extension().is_some_and(|e| e == "pt" || e == "bin") {
+            candle_core::bail!("Medusa heads {fname}: PyTorch pickles are not read; convert them to safetensors ({HEADS_FILE})");
+        }
+        if !file.is_file() {
+            candle_core::bail!("Medusa heads {fname}: no such file");
+        }
+        let tensors = candle_core::safetensors::load(&file, device)
+            .map_err(|e| candle_core::Error::Msg(format!("Medusa heads {fname}: cannot read safetensors: {e}")))?;
+
+        // head -> block -> (linear.weight, linear.bias, weight)
+        #[derive(Default)]
+        struct Block {
+            linear_w: Option<Tensor>,
+            linear_b: Option<Tensor>,
+            proj: Option<Tensor>,
+        }
+        let mut heads: BTreeMap<usize, BTreeMap<usize, Block>> = BTreeMap::new();
+        for (key, t) in tensors {
+            let name = key.strip_prefix("medusa_head.").unwrap_or(&key);
+            let parts: Vec<&str> = name.split('.').collect();
+            let idx = |s: &str| s.parse::<usize>().ok();
+            let (i, j, kind) = match parts.as_slice() {
+                [i, j, "linear", "weight"] => (idx(i), idx(j), 0),
+                [i, j, "linear", "bias"] => (idx(i), idx(j), 1),
+                [i, j, "weight"] => (idx(i), idx(j), 2),
+                _ => (None, None, 0),
+            };
+            let (Some(i), Some(j)) = (i, j) else {
+                candle_core::bail!(
+                    "Medusa heads {fname}: unexpected key `{key}` (expected {{head}}.{{block}}.linear.weight, {{head}}.{{block}}.linear.bias or {{head}}.{{n_res}}.weight)"
+                );
+            };
+            let t = t.to_dtype(DType::F32)?;
+            let block = heads.entry(i).or_default().entry(j).or_default();
+            match kind {
+                0 => block.linear_w = Some(t),
+                1 => block.linear_b = Some(t),
+                _ => block.proj = Some(t),
+            }
+        }
+        let num_heads = heads.len();
+        if num_heads == 0 {
+            candle_core::bail!("Medusa heads {fname}: no head tensors in the file");
+        }
+        if let Some((i, _)) = heads.iter().enumerate().find(|(n, (i, _))| *n != **i) {
+            candle_core::bail!("Medusa heads {fname}: head {i} is missing (key `{i}.0.linear.weight`): heads must be numbered 0..K");
+        }
+
+        // Each head: blocks 0..n are ResBlocks (linear weight + bias), then optionally block n is
+        // the projection (weight only).
+        let mut ws: Vec<Vec<Tensor>> = Vec::new();
+        let mut bs: Vec<Vec<Tensor>> = Vec::new();
+        let mut projs: Vec<Option<Tensor>> = Vec::new();
+        let mut hidden: Option<usize> = None;
+        let mut vocab: Option<usize> = None;
+        let mut n_res_all: Option<usize> = None;
+        for (i, blocks) in heads {
+            let mut w_i = Vec::new();
+            let mut b_i = Vec::new();
+            let mut proj = None;
+            let last = blocks.keys().copied().max().unwrap_or(0);
+            for j in 0..=last {
+                let Some(block) = blocks.get(&j) else {
+                    candle_core::bail!("Medusa heads {fname}: head {i} has no block {j} (key `{i}.{j}.linear.weight` missing)");
+                };
+                match (&block.linear_w, &block.linear_b, &block.proj) {
+                    (Some(w), Some(b), None) => {
+                        let (o, inp) = w.dims2().map_err(|_| shape_err(&fname, &format!("{i}.{j}.linear.weight"), "(hidden, hidden)", w))?;
+                        let h = *hidden.get_or_insert(inp);
+                        if o != h || inp != h {
+                            return Err(shape_err(&fname, &format!("{i}.{j}.linear.weight"), &format!("({h}, {h})"), w));
+                        }
+                        if b.dims() != [h] {
+                            return Err(shape_err(&fname, &format!("{i}.{j}.linear.bias"), &format!("({h})"), b));
+                        }
+                        if proj.is_some() {
+                            candle_core::bail!("Medusa heads {fname}: head {i} has ResBlock {j} after its projection");
+                        }
+                        w_i.push(w.t()?.contiguous()?);
+                        b_i.push(b.reshape((1, h))?);
+                    }
+                    (None, None, Some(p)) if j == last => {
+                        let (v, inp) = p.dims2().map_err(|_| shape_err(&fname, &format!("{i}.{j}.weight"), "(vocab, hidden)", p))?;
+                        let h = *hidden.get_or_insert(inp);
+                        let v0 = *vocab.get_or_insert(v);
+                        if inp != h || v != v0 {
+                            return Err(shape_err(&fname, &format!("{i}.{j}.weight"), &format!("({v0}, {h})"), p));
+                        }
+                        proj = Some(p.t()?.contiguous()?);
+                    }
+                    (None, None, Some(_)) => {
+                        candle_core::bail!("Medusa heads {fname}: key `{i}.{j}.weight` is a projection but head {i} has later blocks");
+                    }
+                    (Some(_), None, _) => candle_core::bail!("Medusa heads {fname}: key `{i}.{j}.linear.bias` is missing"),
+                    (None, Some(_), _) => candle_core::bail!("Medusa heads {fname}: key `{i}.{j}.linear.weight` is missing"),
+                    (Some(_), Some(_), Some(_)) => {
+                        candle_core::bail!("Medusa heads {fname}: key `{i}.{j}.weight` next to a ResBlock `{i}.{j}.linear.weight`")
+                    }
+                    (None, None, None) => unreachable!("a block exists only with a tensor"),
+                }
+            }
+            let n_res = w_i.len();
+            match n_res_all {
+                None => n_res_all = Some(n_res),
+                Some(n) if n != n_res => candle_core::bail!(
+                    "Medusa heads {fname}: head {i} has {n_res} ResBlocks but head 0 has {n} (key `{i}.{}.linear.weight`)",
+                    n_res.min(n)
+                ),
+                _ => {}
+            }
+            if i > 0 && proj.is_some() != projs[0].is_some() {
+                let key = format!("{i}.{n_res}.weight");
+                candle_core::bail!(
+                    "Medusa heads {fname}: head {i} {} its own projection `{key}` but head 0 {}",
+                    if proj.is_some() { "has" } else { "lacks" },
+                    if projs[0].is_some() { "has one" } else { "does not" }
+                );
+            }
+            ws.push(w_i);
+            bs.push(b_i);
+            projs.push(proj);
+        }
+        let n_res = n_res_all.unwrap_or(0);
+        let hidden_size = hidden.ok_or_else(|| candle_core::Error::Msg(format!("Medusa heads {fname}: no weights")))?;
+        let res_blocks = (0..n_res)
+            .map(|j| {
+                let w: Vec<&Tensor> = ws.iter().map(|w| &w[j]).collect();
+                let b: Vec<&Tensor> = bs.iter().map(|b| &b[j]).collect();
+                Ok(ResBlock { w_t: Tensor::stack(&w, 0)?, bias: Tensor::stack(&b, 0)? })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (layout, projection) = if projs[0].is_some() {
+            let p: Vec<Tensor> = projs.into_iter().map(|p| p.expect("checked: every head has one")).collect();
+            (HeadLayout::OwnProjection, Some(Tensor::stack(&p, 0)?))
+        } else {
+            (HeadLayout::SharedLmHead, None)
+        };
+        Ok(Self { num_heads, hidden_size, layout, res_blocks, projection, source: fname })
+    }
+
+    /// Heads from a CLI spec: `random:K` (seeded random Medusa-2 heads sized for the model) or
+    /// the path of a heads file (or of the folder holding `medusa_lm_head.safetensors`).
+    pub fn from_spec(spec: &str, info: &ModelInfo, seed: u64, device: &Device) -> Result<Self> {
+        if let Some(k) = spec.strip_prefix("random:") {
+            let k: usize = k.trim().parse().ok().filter(|&k| k > 0).ok_or_else(|| {
+                candle_core::Error::Msg(format!("--heads {spec}: expected random:K with K a positive number of heads"))
+            })?;
+            return Self::random(k, info.hidden_size, info.vocab_size, HeadLayout::SharedLmHead, seed, device);
+        }
+        Self::load(Path::new(spec), device)
+    }
+
+    pub fn num_heads(&self) -> usize {
+        self.num_heads
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    pub fn layout(&self) -> HeadLayout {
+        self.layout
+    }
+
+    /// ResBlocks per head.
+    pub fn num_res_blocks(&self) -> usize {
+        self.res_blocks.len()
+    }
+
+    /// Vocabulary of the heads' own projections (Medusa-1); `None` when they share the model's.
+    pub fn vocab_size(&self) -> Option<usize> {
+        self.projection.as_ref().map(|p| p.dims()[2])
+    }
+
+    /// The heads' file, or `random:K (seed S)`.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Checks that the heads fit `model` (hidden size, and vocabulary for own projections).
+    pub fn check_model(&self, info: &ModelInfo) -> Result<()> {
+        if self.hidden_size != info.hidden_size {
+            candle_core::bail!(
+                "Medusa heads {} have hidden size {}, but model {} has {}",
+                self.source,
+                self.hidden_size,
+                info.name,
+                info.hidden_size
+            );
+        }
+        if let Some(v) = self.vocab_size() {
+            if v != info.vocab_size {
+                candle_core::bail!("Medusa heads {} project to {v} tokens, but model {} has a vocabulary of {}", self.source, info.name, info.vocab_size);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every head's logits for ONE hidden state (`hidden` of shape `(.., hidden)` holding a single
+    /// row, post final norm): `(K, vocab)` f32, row k for head k.
+    pub fn logits(&self, hidden: &Tensor, model: &dyn DecoderModel) -> Result<Tensor> {
+        let h = hidden.dim(D::Minus1)?;
+        if h != self.hidden_size || hidden.elem_count() != h {
+            candle_core::bail!("Medusa heads take one hidden state of size {}, got shape {:?}", self.hidden_size, hidden.dims());
+        }
+        let dtype = hidden.dtype();
+        let k = self.num_heads;
+        let mut x = hidden.reshape((1, 1, h))?.to_dtype(DType::F32)?.broadcast_as((k, 1, h))?.contiguous()?;
+        for block in &self.res_blocks {
+            let y = x.matmul(&block.w_t)?.broadcast_add(&block.bias)?.silu()?;
+            x = (x + y)?;
+        }
+        match &self.projection {
+            Some(p) => x.matmul(p)?.reshape((k, ())),
+            None => model.lm_head(&x.reshape((k, h))?.to_dtype(dtype)?)?.to_dtype(DType::F32),
+        }
+    }
+}
+
+fn shape_err(file: &str, key: &str, expected: &str, t: &Tensor) -> candle_core::Error {
+    candle_core::Error::Msg(format!("Medusa heads {file}: key `{key}` has shape {:?}, expected {expected}", t.dims()))
+}
