@@ -138,7 +138,7 @@ struct StrategyArgs {
     #[arg(long, value_enum)]
     accept: Option<AcceptArg>,
     /// Sampling temperature (0 = greedy).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f64,
     #[arg(long)]
     top_k: Option<usize>,
@@ -150,7 +150,7 @@ struct StrategyArgs {
     #[arg(long, default_value_t = 4)]
     num_beams: usize,
     /// Beam score = sum log-prob / generated_length^L (Hugging Face's length_penalty).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     length_penalty: f64,
     /// Beam stopping rule: true, false (Hugging Face's heuristic) or never.
     #[arg(long, default_value = "false")]
@@ -362,6 +362,12 @@ fn main() -> ExitCode {
             .unwrap_or_default();
         eprintln!("error: internal error{location}: {payload} (please report this)");
     }));
+    // candle attaches a captured backtrace to its error messages when RUST_BACKTRACE is set;
+    // errors here are one line. RUST_LIB_BACKTRACE=1 brings the backtraces back for debugging.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // Set before any thread starts (first thing in main).
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

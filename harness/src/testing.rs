@@ -28,6 +28,9 @@ pub struct TinySpec {
     /// Separate `output.weight` (false: tied to the embeddings).
     pub untied_output: bool,
     pub seed: u64,
+    /// Rows of the embedding and output matrices when larger than the tiny tokenizer's
+    /// vocabulary (e.g. a draft for a real model's vocabulary); None: the tokenizer's size.
+    pub vocab_rows: Option<usize>,
 }
 
 impl TinySpec {
@@ -43,6 +46,7 @@ impl TinySpec {
             weight_type: GgmlDType::Q8_0,
             untied_output: true,
             seed: 7,
+            vocab_rows: None,
         }
     }
 
@@ -171,7 +175,7 @@ pub fn write_gguf_with(spec: &TinySpec, path: &Path, arch_label: &str) -> Result
         ("tokenizer.ggml.token_type".into(), V::Array(token_type)),
         ("tokenizer.ggml.eos_token_id".into(), V::U32(im_end)),
     ];
-    let weights = random_weights(spec, vocab)?;
+    let weights = random_weights(spec, spec.vocab_rows.unwrap_or(vocab).max(vocab))?;
     let mut qtensors = Vec::with_capacity(weights.len());
     for (name, t) in &weights {
         let dtype = if t.rank() == 2 { spec.weight_type } else { GgmlDType::F32 };

@@ -129,3 +129,79 @@ fn smollm2_answers_a_factual_question() {
     assert!(text.contains("Paris"), "answer without Paris: {text:?}");
     assert_eq!(v["stop"], "eos", "a short factual answer ends with end-of-turn: {v}");
 }
+
+fn tiny_pair(dir: &tempfile::TempDir) -> (String, String) {
+    let target = dir.path().join("target.gguf");
+    let draft = dir.path().join("draft.gguf");
+    write_gguf(&TinySpec::llama(), &target).unwrap();
+    write_gguf(&TinySpec::qwen2(), &draft).unwrap();
+    (target.to_str().unwrap().to_string(), draft.to_str().unwrap().to_string())
+}
+
+#[test]
+fn speculative_and_one_beam_reproduce_greedy_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let (target, draft) = tiny_pair(&dir);
+    let greedy = generate_json(Path::new(&target), "hello there", &["--max-new-tokens", "40"]);
+    let spec = generate_json(
+        Path::new(&target),
+        "hello there",
+        &["--max-new-tokens", "40", "--strategy", "speculative", "--draft", &draft, "--gamma", "3"],
+    );
+    assert_eq!(spec["token_ids"], greedy["token_ids"]);
+    assert_eq!(spec["strategy"], "speculative");
+    let steps = spec["steps"].as_array().unwrap();
+    assert_eq!(spec["target_forwards"].as_u64().unwrap() as usize, steps.len() + 1);
+    for key in ["tokens_proposed", "tokens_accepted", "accepted_depth", "forward_tokens", "draft_s", "verify_s", "update_s"] {
+        assert!(steps[0].get(key).is_some(), "step record lacks `{key}`");
+    }
+    let beam = generate_json(Path::new(&target), "hello there", &["--max-new-tokens", "40", "--strategy", "beam", "--num-beams", "1"]);
+    assert_eq!(beam["token_ids"], greedy["token_ids"]);
+    assert_eq!(greedy["mean_accepted_tokens"], 1.0);
+}
+
+#[test]
+fn verify_reports_every_configuration_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let (target, draft) = tiny_pair(&dir);
+    let prompts = dir.path().join("p.txt");
+    std::fs::write(&prompts, "first prompt\nsecond one\n").unwrap();
+    let out = decodebench(&[
+        "verify", "--model", &target, "--draft", &draft, "--prompts", prompts.to_str().unwrap(), "--max-new-tokens", "24",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "verify failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for config in ["speculative γ=1", "speculative γ=8", "beam num_beams=1"] {
+        let line = stdout.lines().find(|l| l.starts_with(config)).unwrap_or_else(|| panic!("no `{config}` in {stdout}"));
+        assert!(line.contains("2/2"), "{line}");
+    }
+}
+
+#[test]
+fn strategy_flag_mistakes_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (target, draft) = tiny_pair(&dir);
+    let out = decodebench(&["generate", "--model", &target, "--prompt", "hi", "--strategy", "speculative"]);
+    assert_one_line_error(&out, &["--draft"]);
+    let out = decodebench(&["generate", "--model", &target, "--prompt", "hi", "--strategy", "speculative", "--draft", &draft, "--accept", "typical"]);
+    assert_one_line_error(&out, &["--accept typical"]);
+    let out = decodebench(&["generate", "--model", &target, "--prompt", "hi", "--strategy", "beam", "--num-beams", "0"]);
+    assert_one_line_error(&out, &["--num-beams"]);
+    let out = decodebench(&["generate", "--model", &target, "--prompt", "hi", "--temperature", "-1"]);
+    assert_one_line_error(&out, &["--temperature"]);
+    let prompts = dir.path().join("bad.jsonl");
+    std::fs::write(&prompts, "{\"category\": \"x\"}\n").unwrap();
+    let out = decodebench(&["verify", "--model", &target, "--draft", &draft, "--prompts", prompts.to_str().unwrap()]);
+    assert_one_line_error(&out, &["bad.jsonl, line 1", "`prompt`"]);
+}
+
+#[test]
+fn draft_with_another_tokenizer_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (target, _) = tiny_pair(&dir);
+    let smollm2 = common::smollm2_gguf();
+    let out = decodebench(&[
+        "generate", "--model", &target, "--prompt", "hi", "--strategy", "speculative", "--draft", smollm2.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, &["--draft", "tokenizer differs", "at id"]);
+}

@@ -183,6 +183,16 @@ impl Transformer {
         &self.cfg
     }
 
+    /// Keeps only the first `n` blocks (the final norm and output stay): a cheap early-exit
+    /// draft of the same model, as in self-speculative decoding.
+    pub fn truncate_layers(&mut self, n: usize) {
+        let n = n.min(self.cfg.n_layers);
+        self.w.blocks.truncate(n);
+        self.cache.truncate(n);
+        self.cfg.n_layers = n;
+        self.info.name = format!("{} (first {n} layers)", self.info.name);
+    }
+
     fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
         match self.cfg.rope_style {
