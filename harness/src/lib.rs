@@ -9,6 +9,7 @@
 pub mod catalog;
 pub mod data;
 pub mod decoding;
+pub mod doctor;
 pub mod fetch;
 pub mod models;
 pub mod testing;

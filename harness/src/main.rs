@@ -28,6 +28,12 @@ enum Command {
     Generate(GenerateArgs),
     /// Check every lossless configuration against greedy decoding, token for token.
     Verify(VerifyArgs),
+    /// Report devices, CPU, threads, SIMD features, memory bandwidth and installed models.
+    Doctor {
+        /// Also check that this device is usable (non-zero exit when it is not).
+        #[arg(long, value_enum)]
+        device: Option<DeviceArg>,
+    },
     /// Install or list the default models.
     Models {
         #[command(subcommand)]
@@ -340,6 +346,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate(&args),
         Command::Verify(args) => verify(&args),
+        Command::Doctor { device } => decodebench::doctor::run(matches!(device, Some(DeviceArg::Cuda))),
         Command::Models { command } => {
             let cmd = match command {
                 ModelsSub::Fetch { names } => ModelsCommand::Fetch(names),

@@ -5,8 +5,12 @@
 //!   other devices and dtypes candle's matmul + [`attention_mask`] + softmax.
 //! - [`attention_mask`]: the additive mask of one block forward.
 //! - [`compact_rows`]: moving the accepted positions of a block into place in a KV buffer.
+//! - `cuda` (feature `cuda`): driver, runtime and device facts (name, compute capability,
+//!   memory) that `decodebench doctor` reports.
 
 mod attention;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod kv;
 mod mask;
 
