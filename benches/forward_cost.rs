@@ -30,9 +30,9 @@
 //!
 //! Settings: 10 samples in flat sampling mode (every sample runs the same number of iterations),
 //! 1 s warm-up, 3 s measurement (criterion stretches a benchmark whose iterations are slower than
-//! that: then every sample is one iteration). `DECODEBENCH_BENCH_MODELS` (comma-separated catalog names
-//! or model paths; default: the three default models) picks the models; missing catalog models
-//! are fetched first. `cargo bench -p decodebench --bench forward_cost -- --test` runs each
+//! that: then every sample is one iteration). `DECODEBENCH_BENCH_MODELS` (comma-separated catalog
+//! names or model paths; default: the three default models) picks the models; missing catalog
+//! models are fetched first. `cargo bench -p decodebench --bench forward_cost -- --test` runs each
 //! benchmark once.
 
 use std::cell::RefCell;

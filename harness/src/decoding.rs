@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Result};
 use decodebench_strategies::beam::{self, BeamConfig};
+use decodebench_strategies::medusa::{self, MedusaConfig, MedusaHeads};
 use decodebench_strategies::sampler::{Sampler, SamplingConfig};
 use decodebench_strategies::speculative::{self, SpeculativeConfig};
 use decodebench_strategies::{autoregressive, Generation, StopConfig};
@@ -17,6 +18,7 @@ pub enum Strategy {
     Sample,
     Beam(BeamConfig),
     Speculative(SpeculativeConfig),
+    Medusa(MedusaConfig),
 }
 
 impl Strategy {
@@ -26,14 +28,16 @@ impl Strategy {
             Strategy::Sample => "sample",
             Strategy::Beam(_) => "beam",
             Strategy::Speculative(_) => "speculative",
+            Strategy::Medusa(_) => "medusa",
         }
     }
 }
 
-/// The models a run uses: the target, and the draft for speculative decoding.
+/// The models a run uses: the target, the draft for speculative decoding, the heads for Medusa.
 pub struct Models<'a> {
     pub target: &'a mut LoadedModel,
     pub draft: Option<&'a mut LoadedModel>,
+    pub heads: Option<&'a MedusaHeads>,
 }
 
 /// Runs `strategy` on prompt token ids.
@@ -59,6 +63,10 @@ pub fn run(
             config.validate().map_err(anyhow::Error::msg)?;
             let Some(draft) = models.draft else { bail!("--strategy speculative needs --draft MODEL") };
             speculative::generate(target, &mut draft.model, prompt, stop, config, &mut sampler, on_token)
+        }
+        Strategy::Medusa(config) => {
+            let Some(heads) = models.heads else { bail!("--strategy medusa needs --heads PATH|random:K") };
+            medusa::generate(target, heads, prompt, stop, config, &mut sampler, on_token)
         }
     };
     generation.map_err(|e| anyhow::anyhow!("{} ({}): {e}", models.target.name, strategy.name()))

@@ -96,7 +96,7 @@ impl Report {
         }
         match &self.cuda {
             None => bail!(
-                "--device cuda: this build of decodebench has no CUDA support (rebuild with `--features cuda`, see docs/gpu.md)"
+                "--device cuda: this build of decodebench has no CUDA support (rebuild with `--features cuda`, see the README section On a GPU)"
             ),
             Some(CudaReport { problem: Some(p), .. }) => bail!("--device cuda: no usable CUDA device: {p}"),
             Some(_) => Ok(()),
@@ -116,7 +116,7 @@ impl fmt::Display for Report {
         )?;
         let mut devices = vec!["cpu".to_string()];
         match &self.cuda {
-            None => writeln!(f, "cuda       this build has no CUDA support (rebuild with `--features cuda`, see docs/gpu.md)")?,
+            None => writeln!(f, "cuda       this build has no CUDA support (rebuild with `--features cuda`, see the README section On a GPU)")?,
             Some(c) => {
                 let v = |s: &Option<String>| s.clone().unwrap_or_else(|| "unknown".into());
                 writeln!(f, "cuda       driver {}, runtime {}", v(&c.driver), v(&c.runtime))?;

@@ -11,9 +11,10 @@ use decodebench::data;
 use decodebench::decoding::{self, check_draft_compatible, prompt_ids, Models, Strategy};
 use decodebench::models::{self, LoadedModel};
 use decodebench_strategies::beam::{BeamConfig, EarlyStopping};
+use decodebench_strategies::medusa::{AcceptanceRule, MedusaConfig, MedusaHeads, TreeTopology, DEFAULT_MAX_TOP_K, SHIPPED_TREES};
 use decodebench_strategies::sampler::SamplingConfig;
 use decodebench_strategies::speculative::{GammaSchedule, SpecAcceptance, SpeculativeConfig};
-use decodebench_strategies::StopConfig;
+use decodebench_strategies::{DecoderModel, StopConfig};
 
 #[derive(Parser)]
 #[command(name = "decodebench", version, about = "Which decoding strategy is fastest on my model and my hardware, and what does it cost in quality?")]
@@ -61,6 +62,7 @@ enum StrategyArg {
     Sample,
     Beam,
     Speculative,
+    Medusa,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -110,6 +112,10 @@ struct VerifyArgs {
     /// Draft model: adds speculative decoding with greedy acceptance, γ = 1..8.
     #[arg(long)]
     draft: Option<String>,
+    /// Medusa heads (a file, a folder, or random:K): adds Medusa with greedy acceptance on every
+    /// shipped tree.
+    #[arg(long)]
+    heads: Option<String>,
     /// Prompt file: JSON Lines (`prompt`, or MT-Bench `turns`) or plain text, one per line.
     /// Default: datasets/verify.jsonl.
     #[arg(long)]
@@ -140,7 +146,8 @@ struct StrategyArgs {
     #[arg(long)]
     p_min: Option<f64>,
     /// Acceptance rule: greedy (lossless against greedy decoding), rejection (speculative
-    /// sampling), typical (Medusa). Default: greedy at temperature 0, else rejection.
+    /// sampling), typical (Medusa). Default: greedy at temperature 0, else rejection
+    /// (speculative) or typical (Medusa).
     #[arg(long, value_enum)]
     accept: Option<AcceptArg>,
     /// Sampling temperature (0 = greedy).
@@ -152,6 +159,20 @@ struct StrategyArgs {
     top_p: Option<f64>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Medusa heads: a heads file (or a folder with medusa_lm_head.safetensors), or random:K
+    /// for K seeded random heads (timing and exactness checks without trained heads).
+    #[arg(long)]
+    heads: Option<String>,
+    /// Medusa tree: a shipped name (mc_sim_7b_63, vicuna_7b_stage1, ...), chain:D, dense:KxD, or
+    /// a JSON file with a list of paths.
+    #[arg(long, default_value = "mc_sim_7b_63")]
+    tree: String,
+    /// Typical acceptance: ε (default 0.09).
+    #[arg(long)]
+    epsilon: Option<f64>,
+    /// Typical acceptance: α (default 0.3).
+    #[arg(long)]
+    alpha: Option<f64>,
     /// Beams for --strategy beam.
     #[arg(long, default_value_t = 4)]
     num_beams: usize,
@@ -168,8 +189,14 @@ impl StrategyArgs {
         SamplingConfig { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed }
     }
 
-    fn strategy(&self) -> Result<Strategy> {
-        let accept = self.accept.unwrap_or(if self.temperature > 0.0 { AcceptArg::Rejection } else { AcceptArg::Greedy });
+    fn strategy(&self, heads: Option<&MedusaHeads>) -> Result<Strategy> {
+        // Default rule: greedy at temperature 0; when sampling, the strategy's own lossless or
+        // typical rule.
+        let accept = self.accept.unwrap_or(match (self.temperature > 0.0, self.strategy) {
+            (false, _) => AcceptArg::Greedy,
+            (true, StrategyArg::Medusa) => AcceptArg::Typical,
+            (true, _) => AcceptArg::Rejection,
+        });
         Ok(match self.strategy {
             StrategyArg::Greedy => Strategy::Greedy,
             StrategyArg::Sample => Strategy::Sample,
@@ -189,6 +216,18 @@ impl StrategyArgs {
                     ScheduleArg::Heuristic => GammaSchedule::Heuristic,
                 };
                 Strategy::Speculative(SpeculativeConfig { gamma: self.gamma, schedule, p_min: self.p_min, acceptance })
+            }
+            StrategyArg::Medusa => {
+                let rule = match accept {
+                    AcceptArg::Greedy => "greedy",
+                    AcceptArg::Typical => "typical",
+                    AcceptArg::Rejection => bail!("--accept rejection applies to speculative decoding; Medusa takes greedy or typical"),
+                };
+                let acceptance = AcceptanceRule::from_cli(rule, self.epsilon, self.alpha).map_err(anyhow::Error::msg)?;
+                let Some(heads) = heads else { bail!("--strategy medusa needs --heads PATH|random:K") };
+                let tree = TreeTopology::parse(&self.tree, heads.num_heads(), DEFAULT_MAX_TOP_K)
+                    .map_err(|e| anyhow::anyhow!("--tree {}: {e}", self.tree))?;
+                Strategy::Medusa(MedusaConfig { tree, acceptance })
             }
         })
     }
@@ -211,15 +250,29 @@ fn load(name: &str, device: &candle_core::Device, progress: bool) -> Result<Load
     models::load(&source, Some(name), None, device)
 }
 
+fn load_heads(spec: &str, target: &LoadedModel, seed: u64, device: &candle_core::Device) -> Result<MedusaHeads> {
+    let heads = MedusaHeads::from_spec(spec, target.model.info(), seed, device)
+        .map_err(|e| anyhow::anyhow!("--heads {spec}: {e}"))?;
+    heads.check_model(target.model.info()).map_err(|e| anyhow::anyhow!("--heads {spec}: {e}"))?;
+    Ok(heads)
+}
+
 fn generate(args: &GenerateArgs) -> Result<()> {
-    let strategy = args.strategy.strategy()?;
     let sampling = args.strategy.sampling();
     sampling.validate().map_err(anyhow::Error::msg)?;
     if args.strategy.draft.is_some() && args.strategy.strategy != StrategyArg::Speculative {
         bail!("--draft is only used by --strategy speculative");
     }
+    if args.strategy.heads.is_some() && args.strategy.strategy != StrategyArg::Medusa {
+        bail!("--heads is only used by --strategy medusa");
+    }
     let device = device(args.device)?;
     let mut target = load(&args.model, &device, !args.json)?;
+    let heads = match &args.strategy.heads {
+        Some(spec) => Some(load_heads(spec, &target, args.strategy.seed, &device)?),
+        None => None,
+    };
+    let strategy = args.strategy.strategy(heads.as_ref())?;
     let mut draft = match &args.strategy.draft {
         Some(name) => Some(load(name, &device, !args.json)?),
         None => None,
@@ -252,7 +305,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
             Err(e) => stream_error = Some(e),
         }
     };
-    let models = Models { target: &mut target, draft: draft.as_mut() };
+    let models = Models { target: &mut target, draft: draft.as_mut(), heads: heads.as_ref() };
     let generation = decoding::run(&strategy, models, &prompt, &stop, &sampling, &mut on_token)?;
     if let Some(e) = stream_error {
         return Err(e.context("decoding the streamed tokens"));
@@ -320,9 +373,21 @@ fn verify(args: &VerifyArgs) -> Result<()> {
         configs.push(("speculative γ=4 heuristic".into(), spec(4, GammaSchedule::Heuristic, None)));
         configs.push(("speculative γ=8 p_min=0.5".into(), spec(8, GammaSchedule::Constant, Some(0.5))));
     }
+    let heads = match &args.heads {
+        Some(spec) => Some(load_heads(spec, &target, 0, &device)?),
+        None => None,
+    };
+    if let Some(h) = &heads {
+        for name in SHIPPED_TREES {
+            match TreeTopology::parse(name, h.num_heads(), DEFAULT_MAX_TOP_K) {
+                Ok(tree) => configs.push((format!("medusa {name}"), Strategy::Medusa(MedusaConfig { tree, acceptance: AcceptanceRule::Greedy }))),
+                Err(e) => eprintln!("note: tree {name} skipped: {e}"),
+            }
+        }
+    }
     // One beam is greedy decoding by another code path (batched cache, reorders).
     configs.push(("beam num_beams=1".into(), Strategy::Beam(BeamConfig::new(1))));
-    let outcomes = decodebench::verify::run(&mut target, draft.as_mut(), &prompts, args.max_new_tokens, &configs, !args.json)?;
+    let outcomes = decodebench::verify::run(&mut target, draft.as_mut(), heads.as_ref(), &prompts, args.max_new_tokens, &configs, !args.json)?;
     if args.json {
         println!("{}", serde_json::to_string(&outcomes)?);
     } else {

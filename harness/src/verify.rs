@@ -40,6 +40,7 @@ fn first_difference(a: &[u32], b: &[u32]) -> Option<usize> {
 pub fn run(
     target: &mut LoadedModel,
     mut draft: Option<&mut LoadedModel>,
+    heads: Option<&decodebench_strategies::medusa::MedusaHeads>,
     prompts: &[PromptItem],
     max_new_tokens: usize,
     configs: &[(String, Strategy)],
@@ -55,7 +56,7 @@ pub fn run(
     bar.set_message("greedy");
     for p in prompts {
         let ids = prompt_ids(&tok, &p.prompt, None, false)?;
-        let models = Models { target, draft: None };
+        let models = Models { target, draft: None, heads: None };
         references.push(decoding::run(&Strategy::Greedy, models, &ids, &stop, &greedy_cfg, &mut |_| {})?.tokens);
         inputs.push(ids);
         bar.inc(1);
@@ -65,7 +66,7 @@ pub fn run(
         bar.set_message(name.clone());
         let mut outcome = VerifyOutcome { config: name.clone(), identical: 0, prompts: prompts.len(), first_divergence: None };
         for ((p, ids), reference) in prompts.iter().zip(&inputs).zip(&references) {
-            let models = Models { target, draft: draft.as_deref_mut() };
+            let models = Models { target, draft: draft.as_deref_mut(), heads };
             let tokens = decoding::run(strategy, models, ids, &stop, &greedy_cfg, &mut |_| {})?.tokens;
             match first_difference(reference, &tokens) {
                 None => outcome.identical += 1,

@@ -90,6 +90,18 @@ impl<'a> ForwardInput<'a> {
     pub fn block_len(&self) -> usize {
         self.positions.len()
     }
+
+    /// Checks the block's shape: non-empty, `batch × n` tokens, a valid tree.
+    pub fn validate(&self) -> Result<()> {
+        let (b, n) = (self.batch, self.block_len());
+        if n == 0 || b == 0 {
+            candle_core::bail!("forward of an empty block ({b} rows × {n} tokens)");
+        }
+        if self.tokens.len() != b * n {
+            candle_core::bail!("forward: {} tokens for {b} rows × {n} positions", self.tokens.len());
+        }
+        self.attention.validate(n)
+    }
 }
 
 /// What a forward returns, on the model's device.

@@ -76,12 +76,9 @@ impl DecoderModel for ToyModel {
     }
 
     fn forward(&mut self, input: &ForwardInput) -> Result<ForwardOutput> {
+        input.validate()?;
         let n = input.block_len();
         let b = input.batch;
-        input.attention.validate(n)?;
-        if input.tokens.len() != b * n {
-            candle_core::bail!("toy forward: {} tokens for {b} × {n}", input.tokens.len());
-        }
         if self.rows.is_empty() || self.rows.iter().all(Vec::is_empty) {
             self.rows = vec![Vec::new(); b];
         }

@@ -234,15 +234,9 @@ impl DecoderModel for Transformer {
     }
 
     fn forward(&mut self, input: &ForwardInput) -> Result<ForwardOutput> {
+        input.validate()?;
         let n = input.block_len();
         let b = input.batch;
-        if n == 0 || b == 0 {
-            candle_core::bail!("forward of an empty block ({b} rows × {n} tokens)");
-        }
-        if input.tokens.len() != b * n {
-            candle_core::bail!("forward: {} tokens for {b} rows × {n} positions", input.tokens.len());
-        }
-        input.attention.validate(n)?;
         let cache_len = self.cache_len();
         if self.cache_batch() != 0 && self.cache_batch() != b {
             candle_core::bail!("forward with {b} rows on a cache of {} rows", self.cache_batch());

@@ -43,10 +43,9 @@ impl AcceptanceRule {
                 }
                 AcceptanceRule::Greedy
             }
-            "typical" => AcceptanceRule::Typical {
-                epsilon: epsilon.unwrap_or(Self::DEFAULT_EPSILON),
-                alpha: alpha.unwrap_or(Self::DEFAULT_ALPHA),
-            },
+            "typical" => {
+                AcceptanceRule::Typical { epsilon: epsilon.unwrap_or(Self::DEFAULT_EPSILON), alpha: alpha.unwrap_or(Self::DEFAULT_ALPHA) }
+            }
             other => return Err(format!("--accept must be greedy or typical, got `{other}`")),
         };
         rule.validate()?;
@@ -232,13 +231,19 @@ mod tests {
         let path = typical_path(&parents, &tokens, 0.2, 0.5, &mut |row| Ok(rows[row].clone())).unwrap();
         assert_eq!(path, vec![2, 4]);
 
-        // Raise ε's cap above 0.25 but keep α: root threshold stays 0.1487 (α term smaller);
-        // with α = 2, threshold = min(0.2, 0.595) = 0.2: token 1 (0.25) still passes. With
-        // ε = 0.3, α = 2: threshold 0.3, only token 0 passes; q's threshold is min(0.3, 0.760)
-        // = 0.3, token 2 (0.6) passes: path 1→3 and nothing else.
+        // ε caps the threshold: with ε = 0.3, α = 2 the root's α term is 2 · 0.2973 = 0.595, so
+        // the threshold is min(0.3, 0.595) = 0.3 and only token 0 (0.5) passes, token 1 (0.25)
+        // fails; row 1's threshold is min(0.3, 2 · e^−0.9673 = 0.760) = 0.3 and token 2 (0.6)
+        // passes; row 3 rejects node 5 (0.01). Path 1→3, and node 2's subtree is never visited.
         let rows = [p.to_vec(), q.to_vec(), r.to_vec(), last.to_vec(), last.to_vec(), last.to_vec()];
-        let path = typical_path(&parents, &tokens, 0.3, 2.0, &mut |row| Ok(rows[row].clone())).unwrap();
+        let mut fetched = Vec::new();
+        let path = typical_path(&parents, &tokens, 0.3, 2.0, &mut |row| {
+            fetched.push(row);
+            Ok(rows[row].clone())
+        })
+        .unwrap();
         assert_eq!(path, vec![1, 3]);
+        assert_eq!(fetched, [0, 1, 3], "row 2 is not needed: node 2 was rejected");
     }
 
     #[test]

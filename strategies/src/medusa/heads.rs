@@ -56,16 +56,11 @@ impl MedusaHeads {
     /// that a strategy is exact or to time a tree. `vocab_size` matters only for
     /// [`HeadLayout::OwnProjection`]. Weights are uniform with unit-variance outputs
     /// (`±sqrt(3 / hidden)`), biases `±0.1`.
-    pub fn random(
-        num_heads: usize,
-        hidden_size: usize,
-        vocab_size: usize,
-        layout: HeadLayout,
-        seed: u64,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn random(num_heads: usize, hidden_size: usize, vocab_size: usize, layout: HeadLayout, seed: u64, device: &Device) -> Result<Self> {
         if num_heads == 0 || hidden_size == 0 {
-            candle_core::bail!("random Medusa heads need at least one head and a hidden size (got {num_heads} heads, hidden {hidden_size})");
+            candle_core::bail!(
+                "random Medusa heads need at least one head and a hidden size (got {num_heads} heads, hidden {hidden_size})"
+            );
         }
         let mut rng = StdRng::seed_from_u64(seed);
         let scale = (3.0 / hidden_size as f32).sqrt();
@@ -164,7 +159,8 @@ impl MedusaHeads {
                 };
                 match (&block.linear_w, &block.linear_b, &block.proj) {
                     (Some(w), Some(b), None) => {
-                        let (o, inp) = w.dims2().map_err(|_| shape_err(&fname, &format!("{i}.{j}.linear.weight"), "(hidden, hidden)", w))?;
+                        let (o, inp) =
+                            w.dims2().map_err(|_| shape_err(&fname, &format!("{i}.{j}.linear.weight"), "(hidden, hidden)", w))?;
                         let h = *hidden.get_or_insert(inp);
                         if o != h || inp != h {
                             return Err(shape_err(&fname, &format!("{i}.{j}.linear.weight"), &format!("({h}, {h})"), w));
@@ -241,9 +237,10 @@ impl MedusaHeads {
     /// the path of a heads file (or of the folder holding `medusa_lm_head.safetensors`).
     pub fn from_spec(spec: &str, info: &ModelInfo, seed: u64, device: &Device) -> Result<Self> {
         if let Some(k) = spec.strip_prefix("random:") {
-            let k: usize = k.trim().parse().ok().filter(|&k| k > 0).ok_or_else(|| {
-                candle_core::Error::Msg(format!("--heads {spec}: expected random:K with K a positive number of heads"))
-            })?;
+            let k: usize =
+                k.trim().parse().ok().filter(|&k| k > 0).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("--heads {spec}: expected random:K with K a positive number of heads"))
+                })?;
             return Self::random(k, info.hidden_size, info.vocab_size, HeadLayout::SharedLmHead, seed, device);
         }
         Self::load(Path::new(spec), device)
@@ -289,7 +286,12 @@ impl MedusaHeads {
         }
         if let Some(v) = self.vocab_size() {
             if v != info.vocab_size {
-                candle_core::bail!("Medusa heads {} project to {v} tokens, but model {} has a vocabulary of {}", self.source, info.name, info.vocab_size);
+                candle_core::bail!(
+                    "Medusa heads {} project to {v} tokens, but model {} has a vocabulary of {}",
+                    self.source,
+                    info.name,
+                    info.vocab_size
+                );
             }
         }
         Ok(())

@@ -328,7 +328,10 @@ fn loaded_heads_compute_resblocks_and_projection() {
     let path = dir.join(HEADS_FILE);
     let map = write_heads(&path, 3, 2, 8, Some(12));
     let heads = MedusaHeads::load(&dir, &dev).unwrap(); // the folder works too
-    assert_eq!((heads.num_heads(), heads.num_res_blocks(), heads.layout(), heads.vocab_size()), (3, 2, HeadLayout::OwnProjection, Some(12)));
+    assert_eq!(
+        (heads.num_heads(), heads.num_res_blocks(), heads.layout(), heads.vocab_size()),
+        (3, 2, HeadLayout::OwnProjection, Some(12))
+    );
     let logits = host2(&heads.logits(&hidden, &model).unwrap());
     assert_eq!(logits.len(), 3);
     for (i, row) in logits.iter().enumerate() {
@@ -366,9 +369,15 @@ fn bad_head_files_name_the_file_and_key() {
     let dir = std::env::temp_dir().join(format!("medusa-badheads-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let t = |shape: &[usize]| Tensor::zeros(shape, candle_core::DType::F32, &dev).unwrap();
-    let cases: Vec<(&str, Vec<(&str, Tensor)>, Vec<&str>)> = vec![
+    // (file name, tensors, what the error must mention)
+    type Case<'a> = (&'a str, Vec<(&'a str, Tensor)>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
         ("nobias", vec![("0.0.linear.weight", t(&[4, 4]))], vec!["0.0.linear.bias", "missing"]),
-        ("stray", vec![("0.0.linear.weight", t(&[4, 4])), ("0.0.linear.bias", t(&[4])), ("foo.bar", t(&[1]))], vec!["foo.bar", "unexpected key"]),
+        (
+            "stray",
+            vec![("0.0.linear.weight", t(&[4, 4])), ("0.0.linear.bias", t(&[4])), ("foo.bar", t(&[1]))],
+            vec!["foo.bar", "unexpected key"],
+        ),
         ("shape", vec![("0.0.linear.weight", t(&[4, 5])), ("0.0.linear.bias", t(&[4]))], vec!["0.0.linear.weight", "shape"]),
         (
             "mixed",
@@ -381,7 +390,16 @@ fn bad_head_files_name_the_file_and_key() {
             ],
             vec!["head 1", "1.1.weight"],
         ),
-        ("gap", vec![("0.0.linear.weight", t(&[4, 4])), ("0.0.linear.bias", t(&[4])), ("2.0.linear.weight", t(&[4, 4])), ("2.0.linear.bias", t(&[4]))], vec!["head 1"]),
+        (
+            "gap",
+            vec![
+                ("0.0.linear.weight", t(&[4, 4])),
+                ("0.0.linear.bias", t(&[4])),
+                ("2.0.linear.weight", t(&[4, 4])),
+                ("2.0.linear.bias", t(&[4])),
+            ],
+            vec!["head 1"],
+        ),
     ];
     for (name, tensors, needles) in cases {
         let path = dir.join(format!("{name}.safetensors"));
@@ -411,7 +429,11 @@ fn random_heads_are_seeded_and_from_spec_parses() {
     let a = MedusaHeads::random(4, 8, 12, HeadLayout::SharedLmHead, 7, &dev).unwrap();
     let b = MedusaHeads::random(4, 8, 12, HeadLayout::SharedLmHead, 7, &dev).unwrap();
     let c = MedusaHeads::random(4, 8, 12, HeadLayout::SharedLmHead, 8, &dev).unwrap();
-    let (la, lb, lc) = (host2(&a.logits(&hidden, &model).unwrap()), host2(&b.logits(&hidden, &model).unwrap()), host2(&c.logits(&hidden, &model).unwrap()));
+    let (la, lb, lc) = (
+        host2(&a.logits(&hidden, &model).unwrap()),
+        host2(&b.logits(&hidden, &model).unwrap()),
+        host2(&c.logits(&hidden, &model).unwrap()),
+    );
     assert_eq!(la, lb);
     assert_ne!(la, lc);
     assert_ne!(la[0], la[1], "heads differ from each other");
@@ -422,7 +444,10 @@ fn random_heads_are_seeded_and_from_spec_parses() {
     let h = MedusaHeads::from_spec("random:5", &info, 0, &dev).unwrap();
     assert_eq!((h.num_heads(), h.hidden_size(), h.layout()), (5, 8, HeadLayout::SharedLmHead));
     assert!(MedusaHeads::from_spec("random:0", &info, 0, &dev).unwrap_err().to_string().contains("random:K"));
-    assert!(MedusaHeads::from_spec("/no/such/heads.safetensors", &info, 0, &dev).unwrap_err().to_string().contains("/no/such/heads.safetensors"));
+    assert!(MedusaHeads::from_spec("/no/such/heads.safetensors", &info, 0, &dev)
+        .unwrap_err()
+        .to_string()
+        .contains("/no/such/heads.safetensors"));
     let e = a.logits(&Tensor::zeros((2, 8), candle_core::DType::F32, &dev).unwrap(), &model).unwrap_err();
     assert!(e.to_string().contains("one hidden state"), "{e}");
 }

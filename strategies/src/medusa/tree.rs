@@ -88,9 +88,10 @@ impl TreeTopology {
     pub fn shipped(name: &str, num_heads: usize, max_top_k: usize) -> Result<Self, String> {
         let all: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(SHIPPED_JSON).map_err(|e| format!("embedded medusa_trees.json: {e}"))?;
-        let value = all.get(name).filter(|_| SHIPPED_TREES.contains(&name)).ok_or_else(|| {
-            format!("unknown shipped tree `{name}` (shipped: {})", SHIPPED_TREES.join(", "))
-        })?;
+        let value = all
+            .get(name)
+            .filter(|_| SHIPPED_TREES.contains(&name))
+            .ok_or_else(|| format!("unknown shipped tree `{name}` (shipped: {})", SHIPPED_TREES.join(", ")))?;
         let paths: Vec<Vec<usize>> =
             serde_json::from_value(value.clone()).map_err(|e| format!("embedded medusa_trees.json, tree {name}: {e}"))?;
         Self::from_paths(name, paths, num_heads, max_top_k)
@@ -132,8 +133,7 @@ impl TreeTopology {
         let mut paths: Vec<Vec<usize>> = Vec::with_capacity(nodes);
         let mut frontier: Vec<Vec<usize>> = vec![Vec::new()];
         for _ in 0..depth {
-            let next: Vec<Vec<usize>> =
-                frontier.iter().flat_map(|p| (0..k).map(move |i| [p.as_slice(), &[i]].concat())).collect();
+            let next: Vec<Vec<usize>> = frontier.iter().flat_map(|p| (0..k).map(move |i| [p.as_slice(), &[i]].concat())).collect();
             paths.extend(next.iter().cloned());
             frontier = next;
         }
@@ -178,8 +178,7 @@ impl TreeTopology {
         let mut paths = paths;
         // Medusa's order: by depth, then lexicographically.
         paths.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
-        let index: std::collections::HashMap<&[usize], usize> =
-            paths.iter().enumerate().map(|(i, p)| (p.as_slice(), i + 1)).collect();
+        let index: std::collections::HashMap<&[usize], usize> = paths.iter().enumerate().map(|(i, p)| (p.as_slice(), i + 1)).collect();
         let n = paths.len() + 1;
         let mut parents = vec![None; n];
         let mut depths = vec![0; n];
