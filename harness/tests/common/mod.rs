@@ -19,3 +19,12 @@ pub fn smollm2_gguf() -> PathBuf {
 pub fn qwen05_gguf() -> Option<PathBuf> {
     decodebench::catalog::find("qwen2.5-coder-0.5b").and_then(decodebench::fetch::installed_path)
 }
+
+/// The device tests run on: `DECODEBENCH_TEST_DEVICE=cuda` selects the first CUDA device (in a
+/// `--features cuda` build), anything else or nothing the CPU.
+pub fn test_device() -> candle_core::Device {
+    match std::env::var("DECODEBENCH_TEST_DEVICE").as_deref() {
+        Ok("cuda") => candle_core::Device::new_cuda(0).expect("DECODEBENCH_TEST_DEVICE=cuda but no usable CUDA device"),
+        _ => candle_core::Device::Cpu,
+    }
+}
