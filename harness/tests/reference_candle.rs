@@ -1,6 +1,12 @@
 //! The harness's own forward agrees with candle-transformers' plain quantized models on the real
 //! SmolLM2 (llama, interleaved rotary layout) and, when installed, Qwen2.5-Coder-0.5B (qwen2):
 //! same last-position logits for a prompt and for the decode steps after it.
+//!
+//! With row-exact arithmetic off, the harness runs the same kernels as candle-transformers and
+//! must match it closely. With it on (the default), attention after the prompt is the project's
+//! own kernel, equal to candle's up to rounding (`kernels` tests); the quantized matmuls then
+//! quantize slightly different activations to 8 bits, and a value on a rounding boundary can move
+//! a logit by a few tenths: there the check is the chosen token.
 
 mod common;
 
@@ -37,10 +43,11 @@ fn reference_logits(path: &Path, arch: &str, prompt: &[u32], extra: &[u32]) -> V
     out
 }
 
-fn check_against_reference(path: &Path) {
+fn check_against_reference(path: &Path, row_exact: bool) {
     let mut file = GgufFile::open(path).unwrap();
     let arch = file.architecture().unwrap();
     let mut model = file.load_transformer("real".into(), &Device::Cpu).unwrap();
+    model.set_row_exact(row_exact);
     let prompt: Vec<u32> = vec![1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407, 19712];
     let extra = [314, 1345, 28, 216];
     let reference = reference_logits(path, &arch, &prompt, &extra);
@@ -57,19 +64,25 @@ fn check_against_reference(path: &Path) {
         let argmax_a: u32 = a.argmax(0).unwrap().to_scalar().unwrap();
         let argmax_b: u32 = b.argmax(0).unwrap().to_scalar().unwrap();
         assert_eq!(argmax_a, argmax_b, "{arch} step {step}: arg-max differs from candle-transformers");
-        assert!(diff < 1e-2, "{arch} step {step}: logits differ from candle-transformers by {diff}");
+        if !row_exact {
+            assert!(diff < 1e-3, "{arch} step {step}: logits differ from candle-transformers by {diff}");
+        }
     }
 }
 
 #[test]
 fn smollm2_matches_candle_transformers() {
-    check_against_reference(&common::smollm2_gguf());
+    check_against_reference(&common::smollm2_gguf(), false);
+    check_against_reference(&common::smollm2_gguf(), true);
 }
 
 #[test]
 fn qwen_matches_candle_transformers() {
     match common::qwen05_gguf() {
-        Some(path) => check_against_reference(&path),
+        Some(path) => {
+            check_against_reference(&path, false);
+            check_against_reference(&path, true);
+        }
         None => eprintln!("skipped: qwen2.5-coder-0.5b is not installed"),
     }
 }

@@ -142,6 +142,8 @@ pub struct Transformer {
     cos: Tensor,
     sin: Tensor,
     cache: Vec<KvCache>,
+    /// Row-exact arithmetic after the prompt (see [`Transformer::forward`]); on by default.
+    row_exact: bool,
 }
 
 impl Transformer {
@@ -172,6 +174,7 @@ impl Transformer {
             cos: freqs.cos()?.to_dtype(dtype)?,
             sin: freqs.sin()?.to_dtype(dtype)?,
             cache: (0..cfg.n_layers).map(|_| KvCache::new(2)).collect(),
+            row_exact: true,
             cfg,
             w,
             dtype,
@@ -181,6 +184,13 @@ impl Transformer {
 
     pub fn config(&self) -> &TransformerConfig {
         &self.cfg
+    }
+
+    /// Turns row-exact arithmetic off (every block takes candle's batched kernels, as
+    /// candle-transformers' models do) or back on. Off, lossless strategies are no longer
+    /// guaranteed to reproduce greedy decoding token for token.
+    pub fn set_row_exact(&mut self, on: bool) {
+        self.row_exact = on;
     }
 
     /// Keeps only the first `n` blocks (the final norm and output stay): a cheap early-exit
@@ -269,7 +279,7 @@ impl DecoderModel for Transformer {
         // it may take the fastest batched kernels. Every later block (a decoded token, a draft
         // chain, a tree) computes each row exactly as if its token were decoded alone, so that a
         // lossless strategy reproduces greedy decoding bit for bit.
-        let block = BlockShape { cache_len, parents, exact: cache_len > 0 };
+        let block = BlockShape { cache_len, parents, exact: self.row_exact && cache_len > 0 };
         let rope = (cos, sin);
 
         let ids = Tensor::from_slice(input.tokens, (b, n), &self.device)?;
