@@ -268,15 +268,9 @@ fn generate(args: &GenerateArgs) -> Result<()> {
     }
     let device = device(args.device)?;
     let mut target = load(&args.model, &device, !args.json)?;
-    let heads = match &args.strategy.heads {
-        Some(spec) => Some(load_heads(spec, &target, args.strategy.seed, &device)?),
-        None => None,
-    };
+    let heads = args.strategy.heads.as_deref().map(|spec| load_heads(spec, &target, args.strategy.seed, &device)).transpose()?;
     let strategy = args.strategy.strategy(heads.as_ref())?;
-    let mut draft = match &args.strategy.draft {
-        Some(name) => Some(load(name, &device, !args.json)?),
-        None => None,
-    };
+    let mut draft = args.strategy.draft.as_deref().map(|name| load(name, &device, !args.json)).transpose()?;
     if let Some(draft) = &draft {
         check_draft_compatible(&target, draft)?;
     }
@@ -357,10 +351,7 @@ fn verify(args: &VerifyArgs) -> Result<()> {
         None => data::default_verify_prompts(),
     };
     let mut target = load(&args.model, &device, !args.json)?;
-    let mut draft = match &args.draft {
-        Some(name) => Some(load(name, &device, !args.json)?),
-        None => None,
-    };
+    let mut draft = args.draft.as_deref().map(|name| load(name, &device, !args.json)).transpose()?;
     let mut configs: Vec<(String, Strategy)> = Vec::new();
     if let Some(d) = &draft {
         check_draft_compatible(&target, d)?;
@@ -373,10 +364,7 @@ fn verify(args: &VerifyArgs) -> Result<()> {
         configs.push(("speculative γ=4 heuristic".into(), spec(4, GammaSchedule::Heuristic, None)));
         configs.push(("speculative γ=8 p_min=0.5".into(), spec(8, GammaSchedule::Constant, Some(0.5))));
     }
-    let heads = match &args.heads {
-        Some(spec) => Some(load_heads(spec, &target, 0, &device)?),
-        None => None,
-    };
+    let heads = args.heads.as_deref().map(|spec| load_heads(spec, &target, 0, &device)).transpose()?;
     if let Some(h) = &heads {
         for name in SHIPPED_TREES {
             match TreeTopology::parse(name, h.num_heads(), DEFAULT_MAX_TOP_K) {
