@@ -144,7 +144,8 @@ fn load_smollm2() -> (Transformer, Vec<Vec<u32>>) {
 /// few minutes on 2 cores: on the CPU a 64-token tree forward costs about as much as 64 decode
 /// steps (≈1.7 s against ≈27 ms for one token), so each tree gets one prompt (the three prompts
 /// in turn) and 12 new tokens. The full check (two prompts × 128 tokens per tree, ≈50 min) is
-/// `smollm2_medusa_greedy_is_exact_full`, run with `--ignored`.
+/// `smollm2_medusa_greedy_is_exact_full`, run with `--ignored`; `decodebench verify --model
+/// smollm2-135m --heads random:5` runs the same check on three prompts (results/verify/).
 #[test]
 fn smollm2_medusa_greedy_is_exact_on_every_tree() {
     let (mut model, prompts) = load_smollm2();
