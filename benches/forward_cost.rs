@@ -144,8 +144,7 @@ impl Recorder {
         let map = self.0.borrow();
         let calls = map.get(id)?;
         let samples = &calls[calls.len().saturating_sub(SAMPLE_SIZE)..];
-        let mut per_iter: Vec<f64> =
-            samples.iter().map(|(n, d)| d.as_secs_f64() * 1e3 / (*n).max(1) as f64).collect();
+        let mut per_iter: Vec<f64> = samples.iter().map(|(n, d)| d.as_secs_f64() * 1e3 / (*n).max(1) as f64).collect();
         per_iter.sort_by(f64::total_cmp);
         let m = per_iter.len();
         Some(if m % 2 == 1 { per_iter[m / 2] } else { (per_iter[m / 2 - 1] + per_iter[m / 2]) / 2.0 })
@@ -252,8 +251,7 @@ fn bench_model(c: &mut Criterion, rec: &Recorder, name: &str) -> Result<()> {
 
     let mut group = c.benchmark_group(name);
     group.sampling_mode(SamplingMode::Flat);
-    let kinds: [(&str, fn(usize, usize) -> Block, &[usize]); 2] =
-        [("tree", Block::tree, &SIZES), ("chain", Block::chain, &CHAIN_SIZES)];
+    let kinds: [(&str, fn(usize, usize) -> Block, &[usize]); 2] = [("tree", Block::tree, &SIZES), ("chain", Block::chain, &CHAIN_SIZES)];
     for (kind, make, sizes) in kinds {
         for &n in sizes {
             let block = make(n, vocab);
@@ -310,9 +308,7 @@ fn fmt_ratio(v: Option<f64>, base: Option<f64>) -> String {
 
 fn summary(rec: &Recorder, models: &[String], elapsed: Duration) -> String {
     let mut out = String::new();
-    out.push_str(&format!(
-        "\nforward_cost: median ms per forward on a {CACHE_LEN}-token cache (ratio: to the same kind at N=1)\n"
-    ));
+    out.push_str(&format!("\nforward_cost: median ms per forward on a {CACHE_LEN}-token cache (ratio: to the same kind at N=1)\n"));
     out.push_str(&format!(
         "{:<20} {:>3} | {:>9} {:>9} {:>6} | {:>9} {:>9} {:>6}\n",
         "model", "N", "tree ms", "ms/tok", "ratio", "chain ms", "ms/tok", "ratio"
@@ -336,20 +332,12 @@ fn summary(rec: &Recorder, models: &[String], elapsed: Duration) -> String {
             ));
         }
     }
-    out.push_str(&format!(
-        "\none-token decode at a ~{CACHE_LEN}-token cache: candle-transformers vs decodebench (ms)\n"
-    ));
+    out.push_str(&format!("\none-token decode at a ~{CACHE_LEN}-token cache: candle-transformers vs decodebench (ms)\n"));
     out.push_str(&format!("{:<20} | {:>9} {:>11} {:>13}\n", "model", "candle", "decodebench", "ours/candle"));
     for m in models {
         let candle = rec.median_ms(&format!("{m}/ref/candle_transformers"));
         let ours = rec.median_ms(&format!("{m}/ref/decodebench"));
-        out.push_str(&format!(
-            "{:<20} | {:>9} {:>11} {:>13}\n",
-            m,
-            fmt_ms(candle),
-            fmt_ms(ours),
-            fmt_ratio(ours, candle)
-        ));
+        out.push_str(&format!("{:<20} | {:>9} {:>11} {:>13}\n", m, fmt_ms(candle), fmt_ms(ours), fmt_ratio(ours, candle)));
     }
     out.push_str(&format!("\nforward_cost ran in {:.1} s\n", elapsed.as_secs_f64()));
     out
@@ -359,9 +347,7 @@ fn summary(rec: &Recorder, models: &[String], elapsed: Duration) -> String {
 
 fn selected_models() -> Vec<String> {
     match std::env::var(MODELS_ENV) {
-        Ok(v) if !v.trim().is_empty() => {
-            v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect()
-        }
+        Ok(v) if !v.trim().is_empty() => v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect(),
         _ => DEFAULT_MODELS.iter().map(|s| s.to_string()).collect(),
     }
 }

@@ -105,40 +105,23 @@ fn validate_model(m: &CatalogModel) -> Result<()> {
     if m.name.is_empty() || m.name.chars().any(char::is_whitespace) {
         bail!("field `name` must be non-empty without whitespace");
     }
-    if m.sha256.len() != 64
-        || !m
-            .sha256
-            .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    {
-        bail!(
-            "field `sha256` must be 64 lower-case hex digits, got `{}`",
-            m.sha256
-        );
+    if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        bail!("field `sha256` must be 64 lower-case hex digits, got `{}`", m.sha256);
     }
     if m.size_bytes == 0 {
         bail!("field `size_bytes` must be positive");
     }
-    let plain_name = !m.file_name.is_empty()
-        && !m.file_name.starts_with('.')
-        && !m.file_name.contains(['/', '\\']);
+    let plain_name = !m.file_name.is_empty() && !m.file_name.starts_with('.') && !m.file_name.contains(['/', '\\']);
     if !plain_name {
-        bail!(
-            "field `file_name` must be a plain file name, got `{}`",
-            m.file_name
-        );
+        bail!("field `file_name` must be a plain file name, got `{}`", m.file_name);
     }
     if m.source.parts.is_empty() {
         bail!("field `source.parts` is empty");
     }
     for (i, p) in m.source.parts.iter().enumerate() {
-        let ok = [&p.package, &p.version, &p.member]
-            .iter()
-            .all(|s| !s.is_empty() && !s.chars().any(char::is_whitespace));
+        let ok = [&p.package, &p.version, &p.member].iter().all(|s| !s.is_empty() && !s.chars().any(char::is_whitespace));
         if !ok {
-            bail!(
-                "field `source.parts[{i}]`: package, version and member must be non-empty without whitespace"
-            );
+            bail!("field `source.parts[{i}]`: package, version and member must be non-empty without whitespace");
         }
     }
     Ok(())
@@ -151,11 +134,7 @@ pub fn find(name: &str) -> Option<&'static CatalogModel> {
 
 /// The catalog names, comma-separated, for error messages.
 pub fn catalog_names() -> String {
-    catalog()
-        .iter()
-        .map(|m| m.name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+    catalog().iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 /// Where a model's weights live.
@@ -185,17 +164,15 @@ pub fn resolve_model_with(fetcher: &Fetcher, name_or_path: &str) -> Result<Model
     classify_path(name_or_path)
 }
 
-const EXPECTED: &str =
-    "expected a catalog name, a .gguf file, or a folder with config.json and *.safetensors";
+const EXPECTED: &str = "expected a catalog name, a .gguf file, or a folder with config.json and *.safetensors";
 
 fn classify_path(value: &str) -> Result<ModelSource> {
     let path = Path::new(value);
     let meta = match fs::metadata(path) {
         Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!(
-            "model `{value}` is neither a catalog model ({}) nor an existing file or folder; {EXPECTED}",
-            catalog_names()
-        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            bail!("model `{value}` is neither a catalog model ({}) nor an existing file or folder; {EXPECTED}", catalog_names())
+        }
         Err(e) => return Err(e).with_context(|| format!("cannot access model path `{value}`")),
     };
     if meta.is_file() {
@@ -203,18 +180,15 @@ fn classify_path(value: &str) -> Result<ModelSource> {
         let read = File::open(path).and_then(|mut f| f.read_exact(&mut magic));
         match read {
             Ok(()) if &magic == b"GGUF" => Ok(ModelSource::Gguf(path.to_path_buf())),
-            Ok(()) => bail!(
-                "model file `{value}` is not a GGUF file (it does not start with the GGUF magic); {EXPECTED}"
-            ),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => bail!(
-                "model file `{value}` is not a GGUF file (it is shorter than the GGUF header); {EXPECTED}"
-            ),
+            Ok(()) => bail!("model file `{value}` is not a GGUF file (it does not start with the GGUF magic); {EXPECTED}"),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                bail!("model file `{value}` is not a GGUF file (it is shorter than the GGUF header); {EXPECTED}")
+            }
             Err(e) => Err(e).with_context(|| format!("cannot read model file `{value}`")),
         }
     } else if meta.is_dir() {
         let has_config = path.join("config.json").is_file();
-        let entries =
-            fs::read_dir(path).with_context(|| format!("cannot list model folder `{value}`"))?;
+        let entries = fs::read_dir(path).with_context(|| format!("cannot list model folder `{value}`"))?;
         let mut has_weights = false;
         for entry in entries {
             let entry = entry.with_context(|| format!("cannot list model folder `{value}`"))?;
@@ -246,24 +220,14 @@ mod tests {
     fn embedded_catalog_is_valid() {
         let models = parse_catalog(CATALOG_JSON).expect("models.json parses");
         assert!(models.iter().any(|m| m.name == "smollm2-135m"));
-        assert_eq!(
-            find("qwen2.5-coder-1.5b").map(|m| m.source.parts.len()),
-            Some(22)
-        );
+        assert_eq!(find("qwen2.5-coder-1.5b").map(|m| m.source.parts.len()), Some(22));
         assert!(find("nope").is_none());
     }
 
     #[test]
     fn bad_catalog_entries_are_rejected_with_the_field_name() {
-        let json = CATALOG_JSON.replacen(
-            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            "B179",
-            1,
-        );
+        let json = CATALOG_JSON.replacen("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", "B179", 1);
         let err = format!("{:#}", parse_catalog(&json).unwrap_err());
-        assert!(
-            err.contains("smollm2-135m") && err.contains("sha256"),
-            "{err}"
-        );
+        assert!(err.contains("smollm2-135m") && err.contains("sha256"), "{err}");
     }
 }

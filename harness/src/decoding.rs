@@ -1,37 +1,13 @@
 //! One entry point from a chosen strategy and loaded models to a [`Generation`]: what
-//! `generate`, `verify` and (later) the sweep runner share.
+//! `generate`, `verify` and the sweep runner share.
 
 use anyhow::{bail, Result};
-use decodebench_strategies::beam::{self, BeamConfig};
-use decodebench_strategies::medusa::{self, MedusaConfig, MedusaHeads};
-use decodebench_strategies::sampler::{Sampler, SamplingConfig};
-use decodebench_strategies::speculative::{self, SpeculativeConfig};
-use decodebench_strategies::{autoregressive, Generation, StopConfig};
+use decodebench_strategies::medusa::MedusaHeads;
+use decodebench_strategies::{DecoderModel, Generation, ModelInfo, StopConfig};
 
 use crate::models::LoadedModel;
+use crate::registry::{Decoder, StrategySpec};
 use crate::tokenizer::{ChatMessage, TextTokenizer};
-
-/// A decoding strategy with its settings.
-#[derive(Debug, Clone)]
-pub enum Strategy {
-    Greedy,
-    Sample,
-    Beam(BeamConfig),
-    Speculative(SpeculativeConfig),
-    Medusa(MedusaConfig),
-}
-
-impl Strategy {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Strategy::Greedy => "greedy",
-            Strategy::Sample => "sample",
-            Strategy::Beam(_) => "beam",
-            Strategy::Speculative(_) => "speculative",
-            Strategy::Medusa(_) => "medusa",
-        }
-    }
-}
 
 /// The models a run uses: the target, the draft for speculative decoding, the heads for Medusa.
 pub struct Models<'a> {
@@ -40,61 +16,55 @@ pub struct Models<'a> {
     pub heads: Option<&'a MedusaHeads>,
 }
 
-/// Runs `strategy` on prompt token ids.
+/// Runs a configured strategy on prompt token ids (errors name the model and strategy).
 pub fn run(
-    strategy: &Strategy,
+    spec: &StrategySpec,
+    decoder: &mut dyn Decoder,
     models: Models<'_>,
     prompt: &[u32],
     stop: &StopConfig,
-    sampling: &SamplingConfig,
+    seed: u64,
     on_token: &mut dyn FnMut(u32),
 ) -> Result<Generation> {
-    sampling.validate().map_err(anyhow::Error::msg)?;
-    let mut sampler = Sampler::new(sampling.clone());
-    let target = &mut models.target.model;
-    let generation = match strategy {
-        Strategy::Greedy => autoregressive::greedy(target, prompt, stop, on_token),
-        Strategy::Sample => autoregressive::sample(target, prompt, stop, &mut sampler, on_token),
-        Strategy::Beam(config) => {
-            config.validate().map_err(anyhow::Error::msg)?;
-            beam::generate(target, prompt, stop, config, on_token)
-        }
-        Strategy::Speculative(config) => {
-            config.validate().map_err(anyhow::Error::msg)?;
-            let Some(draft) = models.draft else { bail!("--strategy speculative needs --draft MODEL") };
-            speculative::generate(target, &mut draft.model, prompt, stop, config, &mut sampler, on_token)
-        }
-        Strategy::Medusa(config) => {
-            let Some(heads) = models.heads else { bail!("--strategy medusa needs --heads PATH|random:K") };
-            medusa::generate(target, heads, prompt, stop, config, &mut sampler, on_token)
-        }
-    };
-    generation.map_err(|e| anyhow::anyhow!("{} ({}): {e}", models.target.name, strategy.name()))
+    let name = models.target.name.clone();
+    decoder.generate(models, prompt, stop, seed, on_token).map_err(|e| anyhow::anyhow!("{name} ({}): {e:#}", spec.name()))
 }
 
 /// Checks that a draft model's token ids mean what the target's mean: every id both tokenizers
 /// know must be the same token, and the draft must not be able to propose an id the target's
 /// embedding lacks.
 pub fn check_draft_compatible(target: &LoadedModel, draft: &LoadedModel) -> Result<()> {
-    let (t, d) = (&target.tokenizer, &draft.tokenizer);
+    check_vocabularies(&target.tokenizer, target.model.info(), &draft.tokenizer, draft.model.info())
+        .map_err(|e| anyhow::anyhow!("--draft {}: {e:#}", draft.name))
+}
+
+/// [`check_draft_compatible`] on tokenizers and model facts alone (read from the files' headers,
+/// so the runner checks a config before loading any weights).
+pub fn check_vocabularies(t: &TextTokenizer, target: &ModelInfo, d: &TextTokenizer, draft: &ModelInfo) -> Result<()> {
     let common = t.vocab_size().min(d.vocab_size());
     for id in 0..common as u32 {
         let (a, b) = (t.id_to_token(id), d.id_to_token(id));
         if a != b {
             bail!(
-                "--draft {}: its tokenizer differs from {}'s at id {id} ({:?} vs {:?}); speculative decoding needs the same token ids",
-                draft.name,
+                "its tokenizer differs from {}'s at id {id} ({:?} vs {:?}); speculative decoding needs the same token ids",
                 target.name,
                 b.unwrap_or_default(),
                 a.unwrap_or_default()
             );
         }
     }
-    let (tv, dv) = (target.model.config().vocab_size, draft.model.config().vocab_size);
-    if dv > tv {
-        bail!("--draft {}: its vocabulary ({dv} ids) is larger than {}'s ({tv})", draft.name, target.name);
+    if draft.vocab_size > target.vocab_size {
+        bail!("its vocabulary ({} ids) is larger than {}'s ({})", draft.vocab_size, target.name, target.vocab_size);
     }
     Ok(())
+}
+
+/// The first CUDA device, or why there is none.
+pub fn cuda_device() -> Result<candle_core::Device> {
+    if !cfg!(feature = "cuda") {
+        bail!("--device cuda: this build of decodebench has no CUDA support (rebuild with `--features cuda`)");
+    }
+    candle_core::Device::new_cuda(0).map_err(|e| anyhow::anyhow!("--device cuda: no usable CUDA device: {e}"))
 }
 
 /// Token ids of a user prompt: wrapped in the model's chat template (with an optional system

@@ -1,6 +1,8 @@
 //! `decodebench doctor [--device cuda]`: what this build and this machine offer a benchmark run —
 //! devices (CUDA driver, runtime and GPUs when the build has the `cuda` feature), CPU model,
-//! threads, SIMD features, a quick memory-bandwidth estimate and the installed models.
+//! threads, SIMD features (detected at run time, and compiled in), the quantized-matmul kernel
+//! path, a quick memory-bandwidth estimate and the installed models with the weight conversions
+//! their loading does.
 //!
 //! [`run`] prints the report to stdout; with `require_cuda` it fails, after the report, with a
 //! one-line reason when `--device cuda` would not work.
@@ -34,6 +36,11 @@ pub struct Report {
     pub candle_threads: usize,
     /// (feature, detected), in a fixed order; empty off x86_64.
     pub simd: Vec<(&'static str, bool)>,
+    /// x86 target features enabled at compile time ([`compiled_target_features`]).
+    pub compiled: Vec<String>,
+    /// The path of the project's quantized matmul kernels on this CPU (`avx512vnni`, `avx2`,
+    /// `scalar`), and whether the models use them.
+    pub kernel_path: &'static str,
     pub bandwidth: Option<Bandwidth>,
     /// `None` when the build has no CUDA support.
     pub cuda: Option<CudaReport>,
@@ -83,6 +90,8 @@ impl Report {
             available_threads,
             candle_threads: candle_core::utils::get_num_threads(),
             simd: simd_features(),
+            compiled: compiled_target_features(),
+            kernel_path: decodebench_kernels::qmatmul::selected_path().name(),
             bandwidth: memory_bandwidth(bandwidth_bytes, available_threads, 3, Duration::from_millis(600)),
             cuda: probe_cuda(),
             models: crate::fetch::list_rows(),
@@ -116,7 +125,9 @@ impl fmt::Display for Report {
         )?;
         let mut devices = vec!["cpu".to_string()];
         match &self.cuda {
-            None => writeln!(f, "cuda       this build has no CUDA support (rebuild with `--features cuda`, see the README section On a GPU)")?,
+            None => {
+                writeln!(f, "cuda       this build has no CUDA support (rebuild with `--features cuda`, see the README section On a GPU)")?
+            }
             Some(c) => {
                 let v = |s: &Option<String>| s.clone().unwrap_or_else(|| "unknown".into());
                 writeln!(f, "cuda       driver {}, runtime {}", v(&c.driver), v(&c.runtime))?;
@@ -154,6 +165,13 @@ impl fmt::Display for Report {
             let list: Vec<String> = self.simd.iter().map(|(name, on)| format!("{name} {}", yes(*on))).collect();
             writeln!(f, "simd       {}", list.join(", "))?;
         }
+        writeln!(f, "compiled   {}", if self.compiled.is_empty() { "(not x86_64)".to_string() } else { self.compiled.join(" ") })?;
+        writeln!(
+            f,
+            "kernels    quantized matmul (Q4_1, Q8_0, Q4_K, Q6_K): {} path{}",
+            self.kernel_path,
+            if crate::models::transformer::own_kernels_default() { "" } else { " (off: DECODEBENCH_KERNELS=candle)" }
+        )?;
         match &self.bandwidth {
             Some(b) => writeln!(
                 f,
@@ -177,6 +195,17 @@ impl fmt::Display for Report {
                 m.size,
                 m.path.display()
             )?;
+            if m.installed {
+                // Reading the GGUF header is cheap (no weights); the conversions follow from it.
+                if let Ok(file) = crate::models::gguf::GgufFile::open(&m.path) {
+                    let conv = file.planned_conversions();
+                    let types = file.weight_types().iter().map(|(t, n)| format!("{t} ×{n}")).collect::<Vec<_>>().join(", ");
+                    writeln!(f, "  {:<20} weights {types}", "")?;
+                    if !conv.is_empty() {
+                        writeln!(f, "  {:<20} at load: {}", "", conv.join("; "))?;
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -206,9 +235,60 @@ pub fn simd_features() -> Vec<(&'static str, bool)> {
             ("fma", is_x86_feature_detected!("fma")),
             ("f16c", is_x86_feature_detected!("f16c")),
             ("avx512f", is_x86_feature_detected!("avx512f")),
+            ("avx512bw", is_x86_feature_detected!("avx512bw")),
+            ("avx512vl", is_x86_feature_detected!("avx512vl")),
             ("avx512vnni", is_x86_feature_detected!("avx512vnni")),
+            ("avx512bf16", is_x86_feature_detected!("avx512bf16")),
             ("avxvnni", is_x86_feature_detected!("avxvnni")),
         ]
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        Vec::new()
+    }
+}
+
+/// The x86 target features enabled at compile time (`-C target-cpu` / `target-feature`), in a
+/// fixed order, followed by a note saying whether the build matches this CPU: `(native: ...)`
+/// when every feature of the list that the CPU has is compiled in, otherwise `(portable build:
+/// this CPU also has ...)`. Empty off x86_64.
+pub fn compiled_target_features() -> Vec<String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! features {
+            ($($name:tt),*) => { vec![$(($name, cfg!(target_feature = $name), is_x86_feature_detected!($name))),*] };
+        }
+        let list: Vec<(&str, bool, bool)> = features!(
+            "sse2",
+            "sse3",
+            "ssse3",
+            "sse4.1",
+            "sse4.2",
+            "popcnt",
+            "avx",
+            "avx2",
+            "fma",
+            "f16c",
+            "bmi2",
+            "avx512f",
+            "avx512bw",
+            "avx512dq",
+            "avx512vl",
+            "avx512vnni",
+            "avx512bf16",
+            "avxvnni"
+        );
+        let mut out: Vec<String> = list.iter().filter(|f| f.1).map(|f| f.0.to_string()).collect();
+        let missing: Vec<&str> = list.iter().filter(|f| f.2 && !f.1).map(|f| f.0).collect();
+        if missing.is_empty() {
+            out.push("(native: every listed feature of this CPU is compiled in)".into());
+        } else {
+            out.push(format!(
+                "(portable build: this CPU also has {}; candle's scalar kernels are slower without them, see .cargo/config.toml)",
+                missing.join(" ")
+            ));
+        }
+        out
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -307,6 +387,24 @@ mod tests {
         assert_eq!(cpu_model("processor : 0\n"), None);
     }
 
+    /// Compiled features are a subset of what the CPU runs (the test binary runs here), and the
+    /// note says whether the build is native.
+    #[test]
+    fn compiled_features_and_native_note() {
+        let compiled = compiled_target_features();
+        if cfg!(target_arch = "x86_64") {
+            let note = compiled.last().unwrap();
+            assert!(note.starts_with("(native") || note.starts_with("(portable build"), "{compiled:?}");
+            assert!(compiled.iter().any(|f| f == "sse2"), "{compiled:?}");
+            #[cfg(target_arch = "x86_64")]
+            for f in &compiled[..compiled.len() - 1] {
+                assert!(simd_features().iter().all(|(n, on)| n != f || *on), "{f} compiled in but not detected");
+            }
+        } else {
+            assert!(compiled.is_empty());
+        }
+    }
+
     #[test]
     fn bandwidth_is_measured_within_budget() {
         let t = Instant::now();
@@ -321,7 +419,7 @@ mod tests {
     fn report_and_cuda_requirement() {
         let report = Report::collect_with(1 << 20);
         let text = report.to_string();
-        for line in ["build ", "devices    cpu", "cpu ", "threads ", "simd ", "memory ", "models "] {
+        for line in ["build ", "devices    cpu", "cpu ", "threads ", "simd ", "compiled ", "kernels ", "memory ", "models "] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         assert!(report.available_threads >= 1 && report.candle_threads >= 1);

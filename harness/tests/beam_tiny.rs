@@ -60,7 +60,13 @@ fn beam_search_on_tiny_transformers() {
             }
             for h in &out.hypotheses {
                 let fresh = log_prob_fresh(&mut model, &prompt, &h.tokens);
-                assert!((h.log_prob - fresh).abs() < 1e-3 * (1.0 + fresh.abs()), "{}: {:?} beam {} vs fresh {fresh}", spec.arch, h.tokens, h.log_prob);
+                assert!(
+                    (h.log_prob - fresh).abs() < 1e-3 * (1.0 + fresh.abs()),
+                    "{}: {:?} beam {} vs fresh {fresh}",
+                    spec.arch,
+                    h.tokens,
+                    h.log_prob
+                );
                 assert!((h.score - h.log_prob / (h.tokens.len() as f64).powf(penalty)).abs() < 1e-12);
             }
         }

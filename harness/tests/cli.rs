@@ -120,11 +120,7 @@ fn cuda_device_without_cuda_is_a_clear_error() {
 #[test]
 fn smollm2_answers_a_factual_question() {
     let path = common::smollm2_gguf();
-    let v = generate_json(
-        &path,
-        "What is the capital of France?",
-        &["--system", "You are a helpful assistant.", "--max-new-tokens", "24"],
-    );
+    let v = generate_json(&path, "What is the capital of France?", &["--system", "You are a helpful assistant.", "--max-new-tokens", "24"]);
     let text = v["text"].as_str().unwrap();
     assert!(text.contains("Paris"), "answer without Paris: {text:?}");
     assert_eq!(v["stop"], "eos", "a short factual answer ends with end-of-turn: {v}");
@@ -166,9 +162,8 @@ fn verify_reports_every_configuration_identical() {
     let (target, draft) = tiny_pair(&dir);
     let prompts = dir.path().join("p.txt");
     std::fs::write(&prompts, "first prompt\nsecond one\n").unwrap();
-    let out = decodebench(&[
-        "verify", "--model", &target, "--draft", &draft, "--prompts", prompts.to_str().unwrap(), "--max-new-tokens", "24",
-    ]);
+    let out =
+        decodebench(&["verify", "--model", &target, "--draft", &draft, "--prompts", prompts.to_str().unwrap(), "--max-new-tokens", "24"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "verify failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
     for config in ["speculative γ=1", "speculative γ=8", "beam num_beams=1"] {
@@ -183,8 +178,20 @@ fn strategy_flag_mistakes_are_one_line_errors() {
     let (target, draft) = tiny_pair(&dir);
     let out = decodebench(&["generate", "--model", &target, "--prompt", "hi", "--strategy", "speculative"]);
     assert_one_line_error(&out, &["--draft"]);
-    let out = decodebench(&["generate", "--model", &target, "--prompt", "hi", "--strategy", "speculative", "--draft", &draft, "--accept", "typical"]);
-    assert_one_line_error(&out, &["--accept typical"]);
+    let out = decodebench(&[
+        "generate",
+        "--model",
+        &target,
+        "--prompt",
+        "hi",
+        "--strategy",
+        "speculative",
+        "--draft",
+        &draft,
+        "--accept",
+        "typical",
+    ]);
+    assert_one_line_error(&out, &["--accept", "typical"]);
     let out = decodebench(&["generate", "--model", &target, "--prompt", "hi", "--strategy", "beam", "--num-beams", "0"]);
     assert_one_line_error(&out, &["--num-beams"]);
     let out = decodebench(&["generate", "--model", &target, "--prompt", "hi", "--temperature", "-1"]);
@@ -200,8 +207,7 @@ fn draft_with_another_tokenizer_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let (target, _) = tiny_pair(&dir);
     let smollm2 = common::smollm2_gguf();
-    let out = decodebench(&[
-        "generate", "--model", &target, "--prompt", "hi", "--strategy", "speculative", "--draft", smollm2.to_str().unwrap(),
-    ]);
+    let out =
+        decodebench(&["generate", "--model", &target, "--prompt", "hi", "--strategy", "speculative", "--draft", smollm2.to_str().unwrap()]);
     assert_one_line_error(&out, &["--draft", "tokenizer differs", "at id"]);
 }

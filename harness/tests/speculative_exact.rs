@@ -29,8 +29,7 @@ fn check(name: &str, target: &mut Transformer, draft: &mut Transformer, prompts:
     let stop = StopConfig { max_new_tokens: 128, eos_token_ids: eos.to_vec() };
     for prompt in prompts {
         let greedy = autoregressive::greedy(target, prompt, &stop, &mut |_| {}).unwrap();
-        let mut configs: Vec<(usize, GammaSchedule, Option<f64>)> =
-            gammas.iter().map(|&g| (g, GammaSchedule::Constant, None)).collect();
+        let mut configs: Vec<(usize, GammaSchedule, Option<f64>)> = gammas.iter().map(|&g| (g, GammaSchedule::Constant, None)).collect();
         let last = *gammas.last().unwrap();
         configs.push((last, GammaSchedule::Heuristic, None));
         configs.push((last, GammaSchedule::Constant, Some(0.5)));

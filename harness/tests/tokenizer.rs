@@ -49,105 +49,47 @@ const ROUND_TRIP: &[&str] = &[
 // such as <tool_call>, spelling them out as text.
 const SMOLLM2_IDS: &[(&str, &[u32])] = &[
     ("Hello, world!", &[19556, 28, 905, 17]),
-    (
-        "<|im_start|>system\nYou are helpful.<|im_end|>\n",
-        &[1, 9690, 198, 2683, 359, 5356, 30, 2, 198],
-    ),
+    ("<|im_start|>system\nYou are helpful.<|im_end|>\n", &[1, 9690, 198, 2683, 359, 5356, 30, 2, 198]),
     ("12345", &[33, 34, 35, 36, 37]),
-    (
-        "The year 2024 had 366 days.",
-        &[
-            504, 713, 216, 34, 32, 34, 36, 761, 216, 35, 38, 38, 2009, 30,
-        ],
-    ),
-    (
-        "def f(x):\n    return x**2",
-        &[1604, 275, 24, 104, 727, 472, 1003, 1792, 828, 34],
-    ),
-    (
-        "naïve café 日本語 🚀",
-        &[
-            3546, 46494, 37366, 17097, 241, 115, 40993, 179, 120, 248, 15107, 244, 218,
-        ],
-    ),
-    (
-        "  leading spaces and\ttabs\n\n\ttrailing  ",
-        &[
-            216, 2899, 5600, 284, 197, 100, 7366, 1116, 197, 4861, 4966, 256,
-        ],
-    ),
+    ("The year 2024 had 366 days.", &[504, 713, 216, 34, 32, 34, 36, 761, 216, 35, 38, 38, 2009, 30]),
+    ("def f(x):\n    return x**2", &[1604, 275, 24, 104, 727, 472, 1003, 1792, 828, 34]),
+    ("naïve café 日本語 🚀", &[3546, 46494, 37366, 17097, 241, 115, 40993, 179, 120, 248, 15107, 244, 218]),
+    ("  leading spaces and\ttabs\n\n\ttrailing  ", &[216, 2899, 5600, 284, 197, 100, 7366, 1116, 197, 4861, 4966, 256]),
     (
         "<|im_start|>user\nWhat's 3.14 * 2?<|im_end|>\n<|im_start|>assistant\n",
-        &[
-            1, 4093, 198, 1780, 506, 216, 35, 30, 33, 36, 1672, 216, 34, 47, 2, 198, 1, 520, 9531,
-            198,
-        ],
+        &[1, 4093, 198, 1780, 506, 216, 35, 30, 33, 36, 1672, 216, 34, 47, 2, 198, 1, 520, 9531, 198],
     ),
     (
         "for i in range(10):\n\tif i % 2 == 0:\n\t\tprint(f\"{i} is even\")\n",
         &[
-            1710, 2056, 281, 1845, 24, 33, 32, 727, 198, 197, 342, 2056, 2471, 216, 34, 1758, 216,
-            32, 42, 3354, 197, 3272, 24, 86, 14737, 89, 109, 314, 908, 1715, 198,
+            1710, 2056, 281, 1845, 24, 33, 32, 727, 198, 197, 342, 2056, 2471, 216, 34, 1758, 216, 32, 42, 3354, 197, 3272, 24, 86, 14737,
+            89, 109, 314, 908, 1715, 198,
         ],
     ),
     // transformers gives [9712, 42, 333, 198, 216, 36, ...] here (no Digits pre-tokenizer).
-    (
-        "total:   \n 4567890",
-        &[9712, 42, 333, 3805, 36, 37, 38, 39, 40, 41, 32],
-    ),
+    ("total:   \n 4567890", &[9712, 42, 333, 3805, 36, 37, 38, 39, 40, 41, 32]),
 ];
 
 // Same source and calls as SMOLLM2_IDS, on Qwen2.5-Coder-0.5B-Instruct's GGUF.
 const QWEN_IDS: &[(&str, &[u32])] = &[
     ("Hello, world!", &[9707, 11, 1879, 0]),
-    (
-        "<|im_start|>system\nYou are helpful.<|im_end|>\n",
-        &[151644, 8948, 198, 2610, 525, 10950, 13, 151645, 198],
-    ),
+    ("<|im_start|>system\nYou are helpful.<|im_end|>\n", &[151644, 8948, 198, 2610, 525, 10950, 13, 151645, 198]),
     ("12345", &[16, 17, 18, 19, 20]),
-    (
-        "The year 2024 had 366 days.",
-        &[
-            785, 1042, 220, 17, 15, 17, 19, 1030, 220, 18, 21, 21, 2849, 13,
-        ],
-    ),
-    (
-        "def f(x):\n    return x**2",
-        &[750, 282, 2075, 982, 262, 470, 856, 334, 17],
-    ),
-    (
-        "naïve café 日本語 🚀",
-        &[
-            3376, 37572, 586, 51950, 75402, 21894, 102819, 11162, 248, 222,
-        ],
-    ),
-    (
-        "  leading spaces and\ttabs\n\n\ttrailing  ",
-        &[220, 6388, 12621, 323, 3244, 3435, 271, 25583, 14277, 256],
-    ),
+    ("The year 2024 had 366 days.", &[785, 1042, 220, 17, 15, 17, 19, 1030, 220, 18, 21, 21, 2849, 13]),
+    ("def f(x):\n    return x**2", &[750, 282, 2075, 982, 262, 470, 856, 334, 17]),
+    ("naïve café 日本語 🚀", &[3376, 37572, 586, 51950, 75402, 21894, 102819, 11162, 248, 222]),
+    ("  leading spaces and\ttabs\n\n\ttrailing  ", &[220, 6388, 12621, 323, 3244, 3435, 271, 25583, 14277, 256]),
     (
         "<|im_start|>user\nWhat's 3.14 * 2?<|im_end|>\n<|im_start|>assistant\n",
-        &[
-            151644, 872, 198, 3838, 594, 220, 18, 13, 16, 19, 353, 220, 17, 30, 151645, 198,
-            151644, 77091, 198,
-        ],
+        &[151644, 872, 198, 3838, 594, 220, 18, 13, 16, 19, 353, 220, 17, 30, 151645, 198, 151644, 77091, 198],
     ),
     (
         "for i in range(10):\n\tif i % 2 == 0:\n\t\tprint(f\"{i} is even\")\n",
-        &[
-            1958, 600, 304, 2088, 7, 16, 15, 982, 743, 600, 1018, 220, 17, 621, 220, 15, 510, 197,
-            6900, 955, 14129, 72, 92, 374, 1496, 1138,
-        ],
+        &[1958, 600, 304, 2088, 7, 16, 15, 982, 743, 600, 1018, 220, 17, 621, 220, 15, 510, 197, 6900, 955, 14129, 72, 92, 374, 1496, 1138],
     ),
-    (
-        "total:   \n 4567890",
-        &[5035, 25, 5872, 220, 19, 20, 21, 22, 23, 24, 15],
-    ),
+    ("total:   \n 4567890", &[5035, 25, 5872, 220, 19, 20, 21, 22, 23, 24, 15]),
     // transformers spells <tool_call> out as text: [27, 14172, 13429, 397, ...].
-    (
-        "<tool_call>\n{\"name\": \"f\"}</tool_call>",
-        &[151657, 198, 4913, 606, 788, 330, 69, 9207, 151658],
-    ),
+    ("<tool_call>\n{\"name\": \"f\"}</tool_call>", &[151657, 198, 4913, 606, 788, 330, 69, 9207, 151658]),
 ];
 
 fn check_ids(tok: &TextTokenizer, cases: &[(&str, &[u32])]) {
@@ -163,11 +105,7 @@ fn smollm2_round_trip() {
     let tok = smollm2();
     for s in ROUND_TRIP {
         let ids = tok.encode(s).unwrap();
-        assert_eq!(
-            &tok.decode(&ids).unwrap(),
-            s,
-            "round trip of {s:?} via {ids:?}"
-        );
+        assert_eq!(&tok.decode(&ids).unwrap(), s, "round trip of {s:?} via {ids:?}");
     }
 }
 
@@ -186,10 +124,7 @@ fn qwen_matches_reference_ids() {
     }
     // Qwen normalizes to NFC (as its tokenizer.json does; llama.cpp does not): a decomposed
     // "é" encodes like the precomposed one.
-    assert_eq!(
-        tok.encode("cafe\u{301}").unwrap(),
-        tok.encode("caf\u{e9}").unwrap()
-    );
+    assert_eq!(tok.encode("cafe\u{301}").unwrap(), tok.encode("caf\u{e9}").unwrap());
 }
 
 #[test]
@@ -222,11 +157,7 @@ fn qwen_special_tokens() {
 #[test]
 fn smollm2_chat_template_two_turns() {
     let tok = smollm2();
-    let conv = [
-        ChatMessage::user("What is 2+2?"),
-        ChatMessage::assistant("4."),
-        ChatMessage::user("And 3+3?"),
-    ];
+    let conv = [ChatMessage::user("What is 2+2?"), ChatMessage::assistant("4."), ChatMessage::user("And 3+3?")];
     let prompt = tok.chat_prompt(&conv, true).unwrap();
     // SmolLM2's template adds its default system prompt when the conversation has none.
     // (Expected texts here and in the Qwen test were checked against Python jinja2 3.1.6 with
@@ -247,20 +178,14 @@ fn smollm2_chat_template_two_turns() {
 
     // An explicit system message replaces the default; no generation prompt when not asked.
     let with_system = [ChatMessage::system("Be terse."), ChatMessage::user("Hi")];
-    assert_eq!(
-        tok.chat_prompt(&with_system, false).unwrap(),
-        "<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-    );
+    assert_eq!(tok.chat_prompt(&with_system, false).unwrap(), "<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
 }
 
 #[test]
 fn qwen_chat_template_two_turns() {
     let Some(tok) = qwen() else { return };
-    let conv = [
-        ChatMessage::user("Write hello world in C."),
-        ChatMessage::assistant("puts(\"hello\");"),
-        ChatMessage::user("Now in Rust."),
-    ];
+    let conv =
+        [ChatMessage::user("Write hello world in C."), ChatMessage::assistant("puts(\"hello\");"), ChatMessage::user("Now in Rust.")];
     assert_eq!(
         tok.chat_prompt(&conv, true).unwrap(),
         "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n\
@@ -297,10 +222,7 @@ fn stream_emits_whole_characters() {
     for &id in &ids {
         match stream.push(id).unwrap() {
             Some(piece) => {
-                assert!(
-                    !piece.contains('\u{FFFD}'),
-                    "partial character in {piece:?}"
-                );
+                assert!(!piece.contains('\u{FFFD}'), "partial character in {piece:?}");
                 out.push_str(&piece);
             }
             None => held_back += 1,
@@ -354,9 +276,7 @@ fn from_hf_dir_reads_json_files() {
     // Build an HF-style folder from the GGUF tokenizer: tokenizer.json plus configs.
     let gguf = smollm2();
     let dir = tempfile::tempdir().unwrap();
-    gguf.inner()
-        .save(dir.path().join("tokenizer.json"), false)
-        .unwrap();
+    gguf.inner().save(dir.path().join("tokenizer.json"), false).unwrap();
     std::fs::write(
         dir.path().join("tokenizer_config.json"),
         serde_json::json!({
@@ -367,11 +287,7 @@ fn from_hf_dir_reads_json_files() {
         .to_string(),
     )
     .unwrap();
-    std::fs::write(
-        dir.path().join("generation_config.json"),
-        r#"{"bos_token_id": 1, "eos_token_id": [2]}"#,
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("generation_config.json"), r#"{"bos_token_id": 1, "eos_token_id": [2]}"#).unwrap();
 
     let hf = TextTokenizer::from_hf_dir(dir.path()).unwrap();
     for (text, want) in SMOLLM2_IDS {
@@ -381,23 +297,11 @@ fn from_hf_dir_reads_json_files() {
     assert_eq!(hf.eos_token_ids(), &[2, 0]);
     assert!(!hf.adds_bos());
     let conv = [ChatMessage::user("hi")];
-    assert_eq!(
-        hf.chat_prompt(&conv, true).unwrap(),
-        gguf.chat_prompt(&conv, true).unwrap()
-    );
+    assert_eq!(hf.chat_prompt(&conv, true).unwrap(), gguf.chat_prompt(&conv, true).unwrap());
 
     // eos_token_id as a plain int works too.
-    std::fs::write(
-        dir.path().join("generation_config.json"),
-        r#"{"eos_token_id": 2}"#,
-    )
-    .unwrap();
-    assert_eq!(
-        TextTokenizer::from_hf_dir(dir.path())
-            .unwrap()
-            .eos_token_ids(),
-        &[2, 0]
-    );
+    std::fs::write(dir.path().join("generation_config.json"), r#"{"eos_token_id": 2}"#).unwrap();
+    assert_eq!(TextTokenizer::from_hf_dir(dir.path()).unwrap().eos_token_ids(), &[2, 0]);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -406,10 +310,7 @@ fn from_hf_dir_reads_json_files() {
 
 fn err_of(r: anyhow::Result<TextTokenizer>) -> String {
     let msg = r.expect_err("expected an error").to_string();
-    assert!(
-        !msg.contains('\n'),
-        "error message should be one line: {msg:?}"
-    );
+    assert!(!msg.contains('\n'), "error message should be one line: {msg:?}");
     msg
 }
 
@@ -420,10 +321,7 @@ fn gguf_without_tokenizer_metadata_is_an_error() {
     content.metadata.retain(|k, _| !k.starts_with("tokenizer."));
     let msg = err_of(TextTokenizer::from_gguf(&content, &path));
     assert!(msg.contains("tokenizer.ggml.model"), "{msg}");
-    assert!(
-        msg.contains("SmolLM2-135M-Instruct"),
-        "names the file: {msg}"
-    );
+    assert!(msg.contains("SmolLM2-135M-Instruct"), "names the file: {msg}");
 
     let mut content = read_content(&path);
     content.metadata.remove("tokenizer.ggml.merges");
@@ -435,29 +333,17 @@ fn gguf_without_tokenizer_metadata_is_an_error() {
 fn unsupported_model_or_pre_tokenizer_is_an_error() {
     let path = common::smollm2_gguf();
     let mut content = read_content(&path);
-    content.metadata.insert(
-        "tokenizer.ggml.model".into(),
-        gguf_file::Value::String("llama".into()),
-    );
+    content.metadata.insert("tokenizer.ggml.model".into(), gguf_file::Value::String("llama".into()));
     let msg = err_of(TextTokenizer::from_gguf(&content, &path));
-    assert!(
-        msg.contains("tokenizer.ggml.model") && msg.contains("\"llama\""),
-        "{msg}"
-    );
+    assert!(msg.contains("tokenizer.ggml.model") && msg.contains("\"llama\""), "{msg}");
 
     let mut content = read_content(&path);
-    content.metadata.insert(
-        "tokenizer.ggml.pre".into(),
-        gguf_file::Value::String("mystery-bpe".into()),
-    );
+    content.metadata.insert("tokenizer.ggml.pre".into(), gguf_file::Value::String("mystery-bpe".into()));
     let msg = err_of(TextTokenizer::from_gguf(&content, &path));
     assert!(msg.contains("mystery-bpe"), "{msg}");
 
     let mut content = read_content(&path);
-    content.metadata.insert(
-        "tokenizer.ggml.eos_token_id".into(),
-        gguf_file::Value::U32(1 << 30),
-    );
+    content.metadata.insert("tokenizer.ggml.eos_token_id".into(), gguf_file::Value::U32(1 << 30));
     let msg = err_of(TextTokenizer::from_gguf(&content, &path));
     assert!(msg.contains("tokenizer.ggml.eos_token_id"), "{msg}");
 }
@@ -466,15 +352,9 @@ fn unsupported_model_or_pre_tokenizer_is_an_error() {
 fn broken_chat_template_is_an_error_naming_its_source() {
     let path = common::smollm2_gguf();
     let conv = [ChatMessage::user("hi")];
-    for bad in [
-        "{% for m in messages %}",
-        "{{ raise_exception('no users here') }}",
-    ] {
+    for bad in ["{% for m in messages %}", "{{ raise_exception('no users here') }}"] {
         let mut content = read_content(&path);
-        content.metadata.insert(
-            "tokenizer.chat_template".into(),
-            gguf_file::Value::String(bad.into()),
-        );
+        content.metadata.insert("tokenizer.chat_template".into(), gguf_file::Value::String(bad.into()));
         let tok = TextTokenizer::from_gguf(&content, &path).unwrap();
         let msg = tok.chat_prompt(&conv, true).unwrap_err().to_string();
         assert!(msg.contains("tokenizer.chat_template"), "{msg}");

@@ -32,14 +32,7 @@ pub fn visible_block_rows(n: usize, parents: Option<&[Option<usize>]>) -> Vec<Ve
 /// `softmax(q kᵀ · scale + mask) v` for q `(b, heads, n, hd)` and k, v `(b, kv_heads, cache_len
 /// + n, hd)` (the last `n` positions being the block), with grouped-query heads (`heads` a
 /// multiple of `kv_heads`). f32 on the CPU only; see [`crate::attention`] for the dispatch.
-pub fn exact_block_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    cache_len: usize,
-    visible: Vec<Vec<usize>>,
-    scale: f32,
-) -> Result<Tensor> {
+pub fn exact_block_attention(q: &Tensor, k: &Tensor, v: &Tensor, cache_len: usize, visible: Vec<Vec<usize>>, scale: f32) -> Result<Tensor> {
     q.apply_op3_no_bwd(k, v, &ExactAttention { cache_len, visible, scale })
 }
 
@@ -59,10 +52,8 @@ struct View<'a> {
 impl<'a> View<'a> {
     fn new(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<(Self, [usize; 4])> {
         let data = storage.as_slice::<f32>()?;
-        let dims: [usize; 4] = layout
-            .dims()
-            .try_into()
-            .map_err(|_| candle_core::Error::Msg(format!("exact attention: {what} must have rank 4")))?;
+        let dims: [usize; 4] =
+            layout.dims().try_into().map_err(|_| candle_core::Error::Msg(format!("exact attention: {what} must have rank 4")))?;
         let s = layout.stride();
         if s[3] != 1 && dims[3] > 1 {
             candle_core::bail!("exact attention: {what} must be contiguous in its last dimension");

@@ -149,10 +149,7 @@ mod tests {
         let gpu = cpu.to_device(&dev).unwrap();
         compact_rows(&cpu, 1, 2, &[0, 2, 5]).unwrap();
         compact_rows(&gpu, 1, 2, &[0, 2, 5]).unwrap();
-        let (a, b): (Vec<f32>, Vec<f32>) = (
-            cpu.flatten_all().unwrap().to_vec1().unwrap(),
-            gpu.flatten_all().unwrap().to_vec1().unwrap(),
-        );
+        let (a, b): (Vec<f32>, Vec<f32>) = (cpu.flatten_all().unwrap().to_vec1().unwrap(), gpu.flatten_all().unwrap().to_vec1().unwrap());
         assert_eq!(a, b);
     }
 }

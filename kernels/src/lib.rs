@@ -5,6 +5,8 @@
 //!   other devices and dtypes candle's matmul + [`attention_mask`] + softmax.
 //! - [`attention_mask`]: the additive mask of one block forward.
 //! - [`compact_rows`]: moving the accepted positions of a block into place in a KV buffer.
+//! - [`qmatmul`]: quantized matmuls (Q4_1, Q8_0, Q4_K, Q6_K) whose rows do not depend on the
+//!   block around them, with AVX2 / AVX-512 VNNI paths picked at run time and a scalar fallback.
 //! - `cuda` (feature `cuda`): driver, runtime and device facts (name, compute capability,
 //!   memory) that `decodebench doctor` reports.
 
@@ -13,6 +15,7 @@ mod attention;
 pub mod cuda;
 mod kv;
 mod mask;
+pub mod qmatmul;
 
 pub use attention::{exact_block_attention, visible_block_rows};
 pub use kv::compact_rows;
@@ -26,14 +29,7 @@ use candle_core::{DType, Result, Tensor};
 ///
 /// `exact` asks for per-row arithmetic independent of the block (CPU, f32); where that kernel
 /// does not apply, the batched path runs, whose rows may differ in the last bits.
-pub fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    cache_len: usize,
-    parents: Option<&[Option<usize>]>,
-    exact: bool,
-) -> Result<Tensor> {
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, cache_len: usize, parents: Option<&[Option<usize>]>, exact: bool) -> Result<Tensor> {
     let (b, h, n, hd) = q.dims4()?;
     let kvh = k.dim(1)?;
     let total = k.dim(2)?;

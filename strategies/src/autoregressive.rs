@@ -1,10 +1,9 @@
 //! The autoregressive baselines: greedy (the arg-max, the reference every lossless strategy must
 //! reproduce token for token) and sampling, one target forward per token.
 
-use std::time::Instant;
-
 use candle_core::{Result, Tensor};
 
+use crate::clock;
 use crate::common::{prefill, push_tokens, StopConfig};
 use crate::sampler::Sampler;
 use crate::{host, DecoderModel, ForwardInput, Generation, LogitRows, StepRecord, StopReason};
@@ -33,7 +32,7 @@ fn run(
     on_token: &mut dyn FnMut(u32),
 ) -> Result<Generation> {
     let (out, prefill_s) = prefill(model, prompt)?;
-    let t_decode = Instant::now();
+    let t_decode = clock::now(model.device())?;
     let mut next = choose(&out.logits)?;
     let max_context = model.info().max_context;
     let mut tokens = Vec::with_capacity(stop.max_new_tokens);
@@ -46,17 +45,17 @@ fn run(
         if pos + 1 > max_context {
             break StopReason::ContextFull;
         }
-        let t_step = Instant::now();
+        let t_step = clock::now(model.device())?;
         let out = model.forward(&ForwardInput::causal(&[next], &[pos], LogitRows::Last))?;
-        let t_chosen = Instant::now();
+        let t_chosen = clock::now(model.device())?;
         next = choose(&out.logits)?;
         steps.push(StepRecord {
             tokens_accepted: 1,
             forward_tokens: 1,
             verify_s: (t_chosen - t_step).as_secs_f64(),
-            update_s: t_chosen.elapsed().as_secs_f64(),
+            update_s: clock::since(model.device(), t_chosen)?,
             ..StepRecord::default()
         });
     };
-    Ok(Generation { tokens, stop: stop_reason, prefill_s, decode_s: t_decode.elapsed().as_secs_f64(), steps })
+    Ok(Generation { tokens, stop: stop_reason, prefill_s, decode_s: clock::since(model.device(), t_decode)?, steps })
 }

@@ -57,11 +57,11 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Instant;
 
 use candle_core::Result;
 use serde::Serialize;
 
+use crate::clock;
 use crate::common::{prefill, StopConfig};
 use crate::{host, BlockAttention, DecoderModel, ForwardInput, Generation, LogitRows, StepRecord, StopReason};
 
@@ -208,13 +208,18 @@ pub fn search(
     let keep = per_beam * nb;
 
     let (out, prefill_s) = prefill(model, prompt)?;
-    let t_decode = Instant::now();
+    let t_decode = clock::now(model.device())?;
     let max_context = model.info().max_context;
     // prefill guarantees prompt.len() < max_context.
     let limit = stop.max_new_tokens.min(max_context + 1 - prompt.len());
     if limit == 0 {
-        let generation =
-            Generation { tokens: Vec::new(), stop: StopReason::MaxTokens, prefill_s, decode_s: t_decode.elapsed().as_secs_f64(), steps: Vec::new() };
+        let generation = Generation {
+            tokens: Vec::new(),
+            stop: StopReason::MaxTokens,
+            prefill_s,
+            decode_s: clock::since(model.device(), t_decode)?,
+            steps: Vec::new(),
+        };
         return Ok(BeamOutput { generation, score: 0.0, log_prob: 0.0, hypotheses: Vec::new() });
     }
 
@@ -232,7 +237,7 @@ pub fn search(
     let mut pending_verify: Option<f64> = None;
 
     loop {
-        let t_select = Instant::now();
+        let t_select = clock::now(model.device())?;
         let rows = host::logits_rows(&logits)?;
         let first = pending_verify.is_none();
         let expected_rows = if first { 1 } else { nb };
@@ -301,7 +306,7 @@ pub fn search(
                 tokens_accepted: 1,
                 forward_tokens: nb,
                 verify_s,
-                update_s: t_select.elapsed().as_secs_f64(),
+                update_s: clock::since(model.device(), t_select)?,
                 ..StepRecord::default()
             });
         }
@@ -310,12 +315,13 @@ pub fn search(
             break;
         }
 
-        let t_forward = Instant::now();
+        let t_forward = clock::now(model.device())?;
         let tokens: Vec<u32> = running.iter().map(|r| *r.last().expect("running beams have tokens")).collect();
         let positions = [prompt.len() + gen_len - 1];
-        let input = ForwardInput { tokens: &tokens, batch: nb, positions: &positions, attention: &BlockAttention::Causal, rows: LogitRows::Last };
+        let input =
+            ForwardInput { tokens: &tokens, batch: nb, positions: &positions, attention: &BlockAttention::Causal, rows: LogitRows::Last };
         logits = model.forward(&input)?.logits;
-        pending_verify = Some(t_forward.elapsed().as_secs_f64());
+        pending_verify = Some(clock::since(model.device(), t_forward)?);
     }
 
     let best = match finished.first() {
@@ -336,7 +342,7 @@ pub fn search(
         StopReason::ContextFull
     };
     let generation =
-        Generation { tokens: best.tokens.clone(), stop: stop_reason, prefill_s, decode_s: t_decode.elapsed().as_secs_f64(), steps };
+        Generation { tokens: best.tokens.clone(), stop: stop_reason, prefill_s, decode_s: clock::since(model.device(), t_decode)?, steps };
     Ok(BeamOutput { generation, score: best.score, log_prob: best.log_prob, hypotheses: finished })
 }
 

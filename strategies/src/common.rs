@@ -1,8 +1,8 @@
 //! Pieces every strategy shares: the stop rule and the prompt prefill.
 
-use std::time::Instant;
-
 use candle_core::Result;
+
+use crate::clock;
 
 use crate::{DecoderModel, ForwardInput, ForwardOutput, LogitRows};
 
@@ -28,17 +28,13 @@ pub fn prefill(model: &mut dyn DecoderModel, prompt: &[u32]) -> Result<(ForwardO
     }
     let max_context = model.info().max_context;
     if prompt.len() >= max_context {
-        candle_core::bail!(
-            "prompt has {} tokens but model {} has a context of {max_context}",
-            prompt.len(),
-            model.info().name
-        );
+        candle_core::bail!("prompt has {} tokens but model {} has a context of {max_context}", prompt.len(), model.info().name);
     }
     model.clear_cache();
-    let t0 = Instant::now();
+    let t0 = clock::now(model.device())?;
     let positions: Vec<usize> = (0..prompt.len()).collect();
     let out = model.forward(&ForwardInput::causal(prompt, &positions, LogitRows::Last))?;
-    Ok((out, t0.elapsed().as_secs_f64()))
+    Ok((out, clock::since(model.device(), t0)?))
 }
 
 /// Appends accepted tokens to the output one at a time, stopping at EOS or the token budget.

@@ -11,8 +11,10 @@
 
 pub mod autoregressive;
 pub mod beam;
+pub mod clock;
 mod common;
 pub mod host;
+pub mod lookup;
 pub mod medusa;
 mod model;
 mod record;

@@ -1,7 +1,12 @@
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What one step of a strategy did: one target forward and what came of it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+///
+/// The fields after `update_s` describe the candidates in enough detail for the acceptance
+/// tables (by draft position, tree depth, head, and top-k rank); strategies that have nothing to
+/// say there leave them at their defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct StepRecord {
     /// Candidate tokens put to the target in this step (0 for plain decoding).
     pub tokens_proposed: usize,
@@ -17,9 +22,20 @@ pub struct StepRecord {
     pub verify_s: f64,
     /// Seconds choosing what to accept and updating caches.
     pub update_s: f64,
+    /// Deepest candidate position put to the target: γ drafted (speculative), the tree's depth
+    /// (Medusa, lookup trees), 0 for plain decoding. Draft position / depth d (1-based) was
+    /// proposed when d ≤ proposed_depth and accepted when d ≤ accepted_depth.
+    pub proposed_depth: usize,
+    /// Medusa: for each depth of the accepted path, the rank (0 = best) of the accepted token in
+    /// that depth's head's top-k. Empty for other strategies.
+    pub accepted_ranks: Vec<usize>,
+    /// Draft-free lookup: length of the n-gram that matched (None: no draft this step).
+    pub match_len: Option<usize>,
+    /// Draft-free lookup: where the draft came from (`prompt`, `output` or `cache`).
+    pub draft_source: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     /// An end-of-sequence token was produced (it is part of the tokens).

@@ -7,11 +7,10 @@
 //! min(1, p(x)/q(x)); on rejection draw from norm(max(p − q, 0)); when every draft is accepted,
 //! draw a bonus token from p), which preserves the target's sampling distribution exactly.
 
-use std::time::Instant;
-
 use candle_core::Result;
 use serde::Serialize;
 
+use crate::clock;
 use crate::common::{prefill, push_tokens, StopConfig};
 use crate::sampler::{softmax, Sampler};
 use crate::{host, DecoderModel, ForwardInput, Generation, LogitRows, StepRecord, StopReason};
@@ -80,7 +79,7 @@ pub fn generate(
     }
     let (out, target_prefill_s) = prefill(target, prompt)?;
     let (_, draft_prefill_s) = prefill(draft, prompt)?;
-    let t_decode = Instant::now();
+    let t_decode = clock::now(target.device())?;
     let first = match config.acceptance {
         SpecAcceptance::Greedy => host::argmax_tokens(&out.logits)?[0],
         SpecAcceptance::Rejection => sampler.choose(&host::logits_row(&out.logits)?),
@@ -110,7 +109,7 @@ pub fn generate(
         let gamma_now = gamma.min(room).min(budget.saturating_sub(1));
 
         // Draft phase: γ single-token forwards of the draft model.
-        let t_draft = Instant::now();
+        let t_draft = clock::now(target.device())?;
         let mut drafts: Vec<u32> = Vec::with_capacity(gamma_now);
         let mut draft_dists: Vec<Vec<f32>> = Vec::with_capacity(gamma_now);
         let mut feed = std::mem::take(&mut draft_pending);
@@ -139,20 +138,20 @@ pub fn generate(
             draft_dists.push(dist);
             feed = vec![token];
         }
-        let draft_s = t_draft.elapsed().as_secs_f64();
+        let draft_s = clock::since(target.device(), t_draft)?;
         // Positions the draft has read (the last draft, if any, it has not).
         let draft_fed = draft.cache_len();
 
         // Verification: one target forward over the last token and the drafts.
-        let t_verify = Instant::now();
+        let t_verify = clock::now(target.device())?;
         let mut block = Vec::with_capacity(drafts.len() + 1);
         block.push(last);
         block.extend_from_slice(&drafts);
         let positions: Vec<usize> = (base..base + block.len()).collect();
         let out = target.forward(&ForwardInput::causal(&block, &positions, LogitRows::All))?;
-        let verify_s = t_verify.elapsed().as_secs_f64();
+        let verify_s = clock::since(target.device(), t_verify)?;
 
-        let t_update = Instant::now();
+        let t_update = clock::now(target.device())?;
         let (accepted, next) = match config.acceptance {
             SpecAcceptance::Greedy => {
                 let best = host::argmax_tokens(&out.logits)?;
@@ -177,25 +176,30 @@ pub fn generate(
 
         let mut emitted = drafts[..accepted].to_vec();
         emitted.push(next);
+        // Count what reached the output: an EOS or the budget can cut the step short.
+        let before = tokens.len();
         stop_reason = push_tokens(&mut tokens, &emitted, stop, on_token);
         if config.schedule == GammaSchedule::Heuristic {
-            gamma = if accepted == drafts.len() && !drafts.is_empty() { (gamma + 2).min(MAX_GAMMA) } else { gamma.saturating_sub(1).max(1) };
+            gamma =
+                if accepted == drafts.len() && !drafts.is_empty() { (gamma + 2).min(MAX_GAMMA) } else { gamma.saturating_sub(1).max(1) };
         }
         steps.push(StepRecord {
             tokens_proposed: drafts.len(),
-            tokens_accepted: accepted + 1,
+            tokens_accepted: tokens.len() - before,
             accepted_depth: accepted,
             forward_tokens: block.len(),
             draft_s,
             verify_s,
-            update_s: t_update.elapsed().as_secs_f64(),
+            update_s: clock::since(target.device(), t_update)?,
+            proposed_depth: drafts.len(),
+            ..StepRecord::default()
         });
     }
     Ok(Generation {
         tokens,
         stop: stop_reason.unwrap_or(StopReason::MaxTokens),
         prefill_s: target_prefill_s + draft_prefill_s,
-        decode_s: t_decode.elapsed().as_secs_f64(),
+        decode_s: clock::since(target.device(), t_decode)?,
         steps,
     })
 }
@@ -212,8 +216,7 @@ pub fn rejection_step(drafts: &[u32], q: &[Vec<f32>], p: &[Vec<f32>], sampler: &
         if sampler.uniform() * qx < px {
             continue;
         }
-        let residual: Vec<f32> =
-            pi.iter().enumerate().map(|(t, &pt)| (pt - qi.get(t).copied().unwrap_or(0.0)).max(0.0)).collect();
+        let residual: Vec<f32> = pi.iter().enumerate().map(|(t, &pt)| (pt - qi.get(t).copied().unwrap_or(0.0)).max(0.0)).collect();
         let token = if residual.iter().any(|&r| r > 0.0) { sampler.sample(&residual) } else { sampler.sample(pi) };
         return (i, token);
     }

@@ -132,7 +132,11 @@ impl DecoderModel for ToyModel {
     }
 
     fn cache_batch(&self) -> usize {
-        if self.cache_len() == 0 { 0 } else { self.rows.len() }
+        if self.cache_len() == 0 {
+            0
+        } else {
+            self.rows.len()
+        }
     }
 
     fn truncate_cache(&mut self, len: usize) -> Result<()> {

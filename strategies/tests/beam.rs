@@ -208,7 +208,8 @@ fn wide_beams_find_the_exhaustive_optimum() {
                         let what = format!("vocab {vocab} eos {eos:?} T {max_new} seed {seed} penalty {penalty} {mode} beams {num_beams}");
                         assert!((out.score - want_score).abs() < 1e-12, "{what}: score {} vs optimum {want_score}", out.score);
                         assert_eq!(out.generation.tokens, want, "{what}");
-                        let expect_stop = if want.last().is_some_and(|t| eos.contains(t)) { StopReason::Eos } else { StopReason::MaxTokens };
+                        let expect_stop =
+                            if want.last().is_some_and(|t| eos.contains(t)) { StopReason::Eos } else { StopReason::MaxTokens };
                         assert_eq!(out.generation.stop, expect_stop, "{what}");
                         let len_pen = (want.len() as f64).powf(penalty);
                         assert!((out.log_prob - want_score * len_pen).abs() < 1e-9, "{what}: log_prob");
@@ -429,7 +430,9 @@ fn cache_rows_follow_the_beams() {
     let prompt = [5u32, 0, 2];
     let mut checked_steps = 0;
     for seed in 0..6u64 {
-        for (num_beams, mode, penalty) in [(3usize, EarlyStopping::Never, 1.0), (4, EarlyStopping::Heuristic, 0.0), (6, EarlyStopping::True, 2.0)] {
+        for (num_beams, mode, penalty) in
+            [(3usize, EarlyStopping::Never, 1.0), (4, EarlyStopping::Heuristic, 0.0), (6, EarlyStopping::True, 2.0)]
+        {
             let vocab = 5;
             let mut model = Recording { inner: ToyModel::new(vocab, 64, hashed(vocab, 700 + seed), &dev), events: Vec::new() };
             let mut seen: Vec<(usize, Vec<Vec<u32>>, bool)> = Vec::new();
@@ -455,7 +458,10 @@ fn cache_rows_follow_the_beams() {
             let g = &out.generation;
             assert_eq!(g.steps.len(), continuing.len());
             assert_eq!(model.inner.forwards, 1 + g.steps.len());
-            assert!(g.steps.iter().all(|s| s.forward_tokens == num_beams && s.tokens_accepted == 1 && s.verify_s >= 0.0 && s.update_s >= 0.0));
+            assert!(g
+                .steps
+                .iter()
+                .all(|s| s.forward_tokens == num_beams && s.tokens_accepted == 1 && s.verify_s >= 0.0 && s.update_s >= 0.0));
             assert!(g.prefill_s >= 0.0 && g.decode_s >= 0.0);
         }
     }

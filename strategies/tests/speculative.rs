@@ -40,7 +40,9 @@ fn greedy_acceptance_reproduces_greedy_decoding() {
         let greedy = autoregressive::greedy(&mut target, &prompt, &stop(128), &mut |_| {}).unwrap();
         for (draft_name, noise) in [("same model", 0.0f32), ("close draft", 0.3), ("unrelated draft", 50.0)] {
             for gamma in 1..=8 {
-                for (schedule, p_min) in [(GammaSchedule::Constant, None), (GammaSchedule::Heuristic, None), (GammaSchedule::Constant, Some(0.3))] {
+                for (schedule, p_min) in
+                    [(GammaSchedule::Constant, None), (GammaSchedule::Heuristic, None), (GammaSchedule::Constant, Some(0.3))]
+                {
                     let mut target = ToyModel::hashed(vocab, 3, &dev);
                     let mut draft = noisy_draft(vocab, 3, 17, noise);
                     let mut sampler = Sampler::new(SamplingConfig::greedy());
@@ -49,7 +51,7 @@ fn greedy_acceptance_reproduces_greedy_decoding() {
                     assert_eq!(g.tokens, greedy.tokens, "{draft_name}, γ={gamma}, {schedule:?}, p_min {p_min:?}, prompt {prompt:?}");
                     assert_eq!(g.stop, greedy.stop);
                     let emitted: usize = g.steps.iter().map(|s| s.tokens_accepted).sum();
-                    assert!(emitted + 1 >= g.tokens.len(), "records account for every token but the first");
+                    assert_eq!(emitted + 1, g.tokens.len(), "records account for exactly every token but the first");
                     if noise == 0.0 && schedule == GammaSchedule::Constant && p_min.is_none() && g.tokens.len() > gamma + 1 {
                         assert_eq!(g.steps[0].accepted_depth, gamma, "a perfect draft is fully accepted");
                     }
@@ -105,7 +107,10 @@ fn rejection_sampling_preserves_the_target_distribution_end_to_end() {
 
 /// The first token a rejection step emits, with drafts drawn from q: either an accepted draft or
 /// the replacement. Its distribution must be the target's p[0].
-fn first_emitted(step: &dyn Fn(&[u32], &[Vec<f32>], &[Vec<f32>], &mut Sampler) -> (usize, u32)) -> Vec<usize> {
+/// A rejection-sampling step: (drafts, q, p, sampler) → (accepted, next token).
+type RejectionStep = dyn Fn(&[u32], &[Vec<f32>], &[Vec<f32>], &mut Sampler) -> (usize, u32);
+
+fn first_emitted(step: &RejectionStep) -> Vec<usize> {
     let q: Vec<Vec<f32>> = vec![DRAFT[0].to_vec(), DRAFT[1].to_vec()];
     let p: Vec<Vec<f32>> = vec![TARGET[0].to_vec(), TARGET[1].to_vec(), TARGET[2].to_vec()];
     let mut sampler = Sampler::new(SamplingConfig { temperature: 1.0, top_k: None, top_p: None, seed: 99 });

@@ -5,7 +5,7 @@ use std::io::{BufReader, Read, Seek};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use candle_core::quantized::{gguf_file, QMatMul};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device};
 
 use super::transformer::{Block, Embedding, Linear, RmsNorm, RopeStyle, Transformer, TransformerConfig, TransformerWeights};
@@ -13,11 +13,49 @@ use super::transformer::{Block, Embedding, Linear, RmsNorm, RopeStyle, Transform
 /// Architectures this loader builds, by `general.architecture`.
 pub const SUPPORTED_ARCHS: &[&str] = &["llama", "qwen2"];
 
+/// Environment variable: `none` keeps every weight in its file's type (no conversion at load).
+pub const CONVERT_ENV: &str = "DECODEBENCH_CONVERT";
+
+/// Whether loading converts Q5_0 weights to Q8_0 (default yes; `DECODEBENCH_CONVERT=none`: no).
+pub fn conversions_enabled() -> bool {
+    !matches!(std::env::var(CONVERT_ENV).as_deref(), Ok("none") | Ok("0") | Ok("off"))
+}
+
+/// Q5_0 blocks (f16 scale, 32 high bits, 16 bytes of low nibbles; value `q - 16` with `q` in
+/// 0..32) as Q8_0 blocks (the same f16 scale, 32 signed bytes `q - 16`): the same weights
+/// exactly, 34 bytes per 32 values instead of 22, for candle's and the project's SIMD Q8_0
+/// kernels (candle's Q5_0 dot product is a scalar loop).
+pub fn q5_0_to_q8_0(data: &[u8]) -> Result<Vec<u8>> {
+    const Q5: usize = 22;
+    if !data.len().is_multiple_of(Q5) {
+        bail!("Q5_0 data of {} bytes is not a whole number of 22-byte blocks", data.len());
+    }
+    let mut out = Vec::with_capacity(data.len() / Q5 * 34);
+    for blk in data.chunks_exact(Q5) {
+        out.extend_from_slice(&blk[..2]);
+        let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+        let qs = &blk[6..22];
+        let value = |j: usize| -> u8 {
+            let low = if j < 16 { qs[j] & 0x0f } else { qs[j - 16] >> 4 };
+            let high = ((qh >> j) & 1) as u8;
+            ((low | (high << 4)) as i8 - 16) as u8
+        };
+        out.extend((0..32).map(value));
+    }
+    Ok(out)
+}
+
 /// An opened GGUF file: its header, parsed and checked, and the reader positioned anywhere.
 pub struct GgufFile {
     pub content: gguf_file::Content,
     reader: BufReader<File>,
     path: String,
+    /// (from, to, tensors) converted by the last load.
+    converted: Vec<(GgmlDType, GgmlDType, usize)>,
+    /// Convert weights at load ([`Self::set_convert`]).
+    convert: bool,
+    /// Dequantize every weight to f32 at load ([`Self::load_transformer_dequantized`]).
+    dequantize: bool,
 }
 
 impl GgufFile {
@@ -33,8 +71,8 @@ impl GgufFile {
             bail!("{shown} is not a GGUF file (it does not start with the GGUF magic bytes)");
         }
         reader.rewind()?;
-        let content = gguf_file::Content::read(&mut reader)
-            .map_err(|e| anyhow::anyhow!("{shown}: corrupt or truncated GGUF header: {e}"))?;
+        let content =
+            gguf_file::Content::read(&mut reader).map_err(|e| anyhow::anyhow!("{shown}: corrupt or truncated GGUF header: {e}"))?;
         let data_end = content
             .tensor_infos
             .values()
@@ -47,11 +85,28 @@ impl GgufFile {
         if data_end > file_len {
             bail!("{shown} is truncated: its tensors need {data_end} bytes, the file has {file_len}");
         }
-        Ok(Self { content, reader, path: shown })
+        Ok(Self { content, reader, path: shown, converted: Vec::new(), convert: conversions_enabled(), dequantize: false })
     }
 
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// Whether loading converts weights to faster exact equivalents (see [`q5_0_to_q8_0`]);
+    /// default on unless `DECODEBENCH_CONVERT=none`. Off, every weight keeps its file's type, as
+    /// in candle-transformers' models.
+    pub fn set_convert(&mut self, on: bool) {
+        self.convert = on;
+    }
+
+    /// The model with every weight dequantized to f32: a reference without weight kernels or
+    /// activation quantization, for accuracy checks of the quantized kernels (about 4 bytes per
+    /// parameter of memory).
+    pub fn load_transformer_dequantized(&mut self, name: String, device: &Device) -> Result<Transformer> {
+        self.dequantize = true;
+        let model = self.load_transformer(name, device);
+        self.dequantize = false;
+        model
     }
 
     pub fn architecture(&self) -> Result<String> {
@@ -63,10 +118,7 @@ impl GgufFile {
     }
 
     pub fn string(&self, key: &str) -> Result<&str> {
-        self.value(key)?
-            .to_string()
-            .map(String::as_str)
-            .map_err(|e| anyhow::anyhow!("{}: metadata key `{key}`: {e}", self.path))
+        self.value(key)?.to_string().map(String::as_str).map_err(|e| anyhow::anyhow!("{}: metadata key `{key}`: {e}", self.path))
     }
 
     fn usize(&self, key: &str) -> Result<usize> {
@@ -78,23 +130,49 @@ impl GgufFile {
     fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
         match self.content.metadata.get(key) {
             None => Ok(default),
-            Some(v) => v
-                .to_f32()
-                .map(f64::from)
-                .or_else(|_| v.to_f64())
-                .map_err(|e| anyhow::anyhow!("{}: metadata key `{key}`: {e}", self.path)),
+            Some(v) => {
+                v.to_f32().map(f64::from).or_else(|_| v.to_f64()).map_err(|e| anyhow::anyhow!("{}: metadata key `{key}`: {e}", self.path))
+            }
         }
     }
 
     fn qtensor(&mut self, name: &str, device: &Device) -> Result<candle_core::quantized::QTensor> {
-        self.content
-            .tensor(&mut self.reader, name, device)
-            .map_err(|e| anyhow::anyhow!("{}: tensor `{name}`: {e}", self.path))
+        self.content.tensor(&mut self.reader, name, device).map_err(|e| anyhow::anyhow!("{}: tensor `{name}`: {e}", self.path))
+    }
+
+    /// A weight that the model multiplies by (not one it only looks rows up in), converted to
+    /// the type its kernels run fastest on when that is exact (see [`q5_0_to_q8_0`]).
+    fn matmul_tensor(&mut self, name: &str, device: &Device) -> Result<QTensor> {
+        let t = self.qtensor(name, device)?;
+        if t.dtype() != GgmlDType::Q5_0 || !device.is_cpu() || !self.convert || self.dequantize {
+            return Ok(t);
+        }
+        let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: tensor `{name}`: converting Q5_0 to Q8_0: {e}", self.path);
+        let data = q5_0_to_q8_0(&t.data().map_err(|e| err(&e))?).map_err(|e| err(&e))?;
+        let storage = QStorage::from_data(std::borrow::Cow::Owned(data), device, GgmlDType::Q8_0).map_err(|e| err(&e))?;
+        let converted = QTensor::new(storage, t.shape().clone()).map_err(|e| err(&e))?;
+        self.note_conversion(GgmlDType::Q5_0, GgmlDType::Q8_0);
+        Ok(converted)
+    }
+
+    fn note_conversion(&mut self, from: GgmlDType, to: GgmlDType) {
+        match self.converted.iter_mut().find(|c| c.0 == from && c.1 == to) {
+            Some(c) => c.2 += 1,
+            None => self.converted.push((from, to, 1)),
+        }
     }
 
     fn matmul(&mut self, name: &str, device: &Device) -> Result<QMatMul> {
-        let t = self.qtensor(name, device)?;
-        QMatMul::from_arc(std::sync::Arc::new(t)).map_err(|e| anyhow::anyhow!("{}: tensor `{name}`: {e}", self.path))
+        let t = self.matmul_tensor(name, device)?;
+        self.wrap(t, name, device)
+    }
+
+    fn wrap(&self, t: QTensor, name: &str, device: &Device) -> Result<QMatMul> {
+        let err = |e: candle_core::Error| anyhow::anyhow!("{}: tensor `{name}`: {e}", self.path);
+        if self.dequantize {
+            return Ok(QMatMul::Tensor(t.dequantize(device).map_err(err)?));
+        }
+        QMatMul::from_arc(std::sync::Arc::new(t)).map_err(err)
     }
 
     fn dense(&mut self, name: &str, device: &Device) -> Result<candle_core::Tensor> {
@@ -121,11 +199,7 @@ impl GgufFile {
     pub fn config(&self) -> Result<TransformerConfig> {
         let arch = self.architecture()?;
         if !SUPPORTED_ARCHS.contains(&arch.as_str()) {
-            bail!(
-                "{}: unsupported architecture `{arch}` (supported: {})",
-                self.path,
-                SUPPORTED_ARCHS.join(", ")
-            );
+            bail!("{}: unsupported architecture `{arch}` (supported: {})", self.path, SUPPORTED_ARCHS.join(", "));
         }
         let key = |k: &str| format!("{arch}.{k}");
         let hidden_size = self.usize(&key("embedding_length"))?;
@@ -165,16 +239,26 @@ impl GgufFile {
     /// Reads every weight and builds the model.
     pub fn load_transformer(&mut self, name: String, device: &Device) -> Result<Transformer> {
         let cfg = self.config()?;
+        self.converted.clear();
         let eps = cfg.rms_eps as f32;
         let qkv_bias = cfg.arch == "qwen2";
-        let embed_q = self.qtensor("token_embd.weight", device)?;
-        let embed_q = std::sync::Arc::new(embed_q);
-        let embed = Embedding(QMatMul::QTensor(embed_q.clone()));
-        let lm_head = if self.has_tensor("output.weight") {
-            self.linear("output", false, device)?
+        let tied = !self.has_tensor("output.weight");
+        // Tied embeddings: the vocabulary projection is the embedding table, so it is a matmul
+        // weight too (and converted like one); otherwise it is only looked up.
+        let embed_q = if tied { self.matmul_tensor("token_embd.weight", device)? } else { self.qtensor("token_embd.weight", device)? };
+        let (embed, tied_head) = if self.dequantize {
+            let w = self.wrap(embed_q, "token_embd.weight", device)?;
+            (Embedding(w.clone()), tied.then_some(w))
         } else {
-            // Tied embeddings: the vocabulary projection is the embedding table.
-            Linear { weight: QMatMul::from_arc(embed_q)?, bias: None }
+            // Quantized tables are looked up row by row (see `Embedding`); the tied head is a
+            // matmul weight (candle dequantizes F16/F32 ones).
+            let embed_q = std::sync::Arc::new(embed_q);
+            let head = if tied { Some(QMatMul::from_arc(embed_q.clone())?) } else { None };
+            (Embedding(QMatMul::QTensor(embed_q)), head)
+        };
+        let lm_head = match tied_head {
+            Some(weight) => Linear { weight, bias: None },
+            None => self.linear("output", false, device)?,
         };
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
@@ -193,8 +277,45 @@ impl GgufFile {
         }
         let final_norm = self.norm("output_norm.weight", eps, device)?;
         let weights = TransformerWeights { embed, blocks, final_norm, lm_head };
-        Transformer::new(name, cfg, weights, DType::F32, device)
-            .map_err(|e| anyhow::anyhow!("{}: building the model: {e}", self.path))
+        Transformer::new(name, cfg, weights, DType::F32, device).map_err(|e| anyhow::anyhow!("{}: building the model: {e}", self.path))
+    }
+
+    /// The weight conversions the last [`Self::load_transformer`] did, e.g.
+    /// `Q5_0 → Q8_0 (exact), 132 tensors`.
+    pub fn conversions(&self) -> Vec<String> {
+        self.converted.iter().map(|(from, to, n)| conversion_text(*from, *to, *n)).collect()
+    }
+
+    /// The conversions loading will do, from the header alone (cheap: no weight is read).
+    pub fn planned_conversions(&self) -> Vec<String> {
+        if !self.convert {
+            return Vec::new();
+        }
+        let tied = !self.has_tensor("output.weight");
+        let n = self
+            .content
+            .tensor_infos
+            .iter()
+            .filter(|(name, t)| t.ggml_dtype == GgmlDType::Q5_0 && t.shape.rank() == 2 && (tied || name.as_str() != "token_embd.weight"))
+            .count();
+        if n == 0 {
+            Vec::new()
+        } else {
+            vec![conversion_text(GgmlDType::Q5_0, GgmlDType::Q8_0, n)]
+        }
+    }
+
+    /// Matrix (rank-2) tensors per weight type, most common first, e.g. `[("Q5_0", 133), ...]`.
+    pub fn weight_types(&self) -> Vec<(String, usize)> {
+        let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+        for t in self.content.tensor_infos.values() {
+            if t.shape.rank() == 2 {
+                *counts.entry(ggml_name(t.ggml_dtype)).or_default() += 1;
+            }
+        }
+        let mut v: Vec<(String, usize)> = counts.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v
     }
 
     /// The dominant weight type, e.g. `Q4_K` (for listings and records).
@@ -206,5 +327,70 @@ impl GgufFile {
             }
         }
         counts.into_iter().max_by_key(|(_, n)| *n).map(|(k, _)| k).unwrap_or_default()
+    }
+}
+
+/// ggml's own spelling of a type (`Q5_0`, `Q4_K`, `F32`), for messages and records.
+pub fn ggml_name(dtype: GgmlDType) -> String {
+    let s = format!("{dtype:?}");
+    match s.strip_suffix('K') {
+        Some(head) if s.starts_with('Q') => format!("{head}_K"),
+        _ => s,
+    }
+}
+
+fn conversion_text(from: GgmlDType, to: GgmlDType, n: usize) -> String {
+    format!("{} → {} (exact), {n} tensor{}", ggml_name(from), ggml_name(to), if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Module, Tensor};
+
+    /// Q5_0 → Q8_0 is exact: the converted blocks dequantize to the same floats (bit for bit),
+    /// candle's matmul over them is within 1e-4 of the Q5_0 matmul (both quantize the activations
+    /// to Q8_0; only the order of float sums differs), and the model's linear layer over the
+    /// converted weight gives every row of a block the bits of that row alone.
+    #[test]
+    fn q5_0_converts_exactly_to_q8_0() {
+        let dev = Device::Cpu;
+        for (n, k) in [(7usize, 64usize), (40, 896)] {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let q5 = QTensor::quantize(&w, GgmlDType::Q5_0).unwrap();
+            let data = q5_0_to_q8_0(&q5.data().unwrap()).unwrap();
+            let storage = QStorage::from_data(std::borrow::Cow::Owned(data), &dev, GgmlDType::Q8_0).unwrap();
+            let q8 = QTensor::new(storage, (n, k)).unwrap();
+            let a: Vec<f32> = q5.dequantize(&dev).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let b: Vec<f32> = q8.dequantize(&dev).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "dequantized weights differ");
+            let x = Tensor::randn(0f32, 1.0, (3, k), &dev).unwrap();
+            let y5 = QMatMul::from_qtensor(q5).unwrap().forward(&x).unwrap();
+            let q8 = QMatMul::from_qtensor(q8).unwrap();
+            let y8 = q8.forward(&x).unwrap();
+            let diff: f32 = (y5 - y8).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
+            assert!(diff < 1e-4, "({n}, {k}): matmuls differ by {diff}");
+            // Rows stay exact through the model's linear layer (the project's Q8_0 kernel).
+            let linear = Linear { weight: q8, bias: None };
+            let x = Tensor::randn(0f32, 1.0, (1, 64, k), &dev).unwrap();
+            let bits =
+                |t: &Tensor| -> Vec<u32> { t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect() };
+            for m in [2usize, 5, 17, 64] {
+                let block = linear.forward(&x.narrow(1, 0, m).unwrap(), true).unwrap();
+                for r in [0, m / 2, m - 1] {
+                    let alone = linear.forward(&x.narrow(1, r, 1).unwrap(), true).unwrap();
+                    assert_eq!(bits(&block.narrow(1, r, 1).unwrap()), bits(&alone), "({n}, {k}): row {r} of {m}");
+                }
+            }
+        }
+        assert!(q5_0_to_q8_0(&[0u8; 23]).is_err());
+    }
+
+    #[test]
+    fn ggml_names() {
+        assert_eq!(ggml_name(GgmlDType::Q4K), "Q4_K");
+        assert_eq!(ggml_name(GgmlDType::Q5_0), "Q5_0");
+        assert_eq!(ggml_name(GgmlDType::F32), "F32");
+        assert_eq!(conversion_text(GgmlDType::Q5_0, GgmlDType::Q8_0, 132), "Q5_0 → Q8_0 (exact), 132 tensors");
     }
 }

@@ -26,6 +26,10 @@ impl KvCache {
         self.len
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     pub fn batch(&self) -> usize {
         match &self.k {
             Some(k) if self.len > 0 => k.dim(0).unwrap_or(0),

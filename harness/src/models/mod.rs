@@ -23,6 +23,8 @@ pub struct LoadedModel {
     pub tokenizer: TextTokenizer,
     /// Weight type, e.g. `Q4K` or `BF16`.
     pub quantization: String,
+    /// Weight conversions done at load, e.g. `Q5_0 → Q8_0 (exact), 132 tensors`; empty when none.
+    pub conversions: Vec<String>,
 }
 
 /// A short name for records: the file or folder name without extension.
@@ -42,7 +44,8 @@ pub fn load(source: &ModelSource, name: Option<&str>, dtype: Option<DType>, devi
             let tokenizer = TextTokenizer::from_gguf(&file.content, path)?;
             let quantization = file.quantization();
             let model = file.load_transformer(name.clone(), device)?;
-            Ok(LoadedModel { name, model, tokenizer, quantization })
+            let conversions = file.conversions();
+            Ok(LoadedModel { name, model, tokenizer, quantization, conversions })
         }
         ModelSource::HfDir(dir) => {
             let cfg = safetensors::read_config(dir)?;
@@ -50,11 +53,11 @@ pub fn load(source: &ModelSource, name: Option<&str>, dtype: Option<DType>, devi
                 Some(d) => d,
                 None => safetensors::config_dtype(&cfg, dir)?,
             };
-            let tokenizer = TextTokenizer::from_hf_dir(dir)
-                .with_context(|| format!("{}: cannot build the tokenizer", dir.display()))?;
+            let tokenizer = TextTokenizer::from_hf_dir(dir).with_context(|| format!("{}: cannot build the tokenizer", dir.display()))?;
             let name = name.map_or_else(|| display_name(dir), str::to_string);
             let model = safetensors::load_transformer(dir, name.clone(), Some(dtype), device)?;
-            Ok(LoadedModel { name, model, tokenizer, quantization: format!("{dtype:?}").to_uppercase() })
+            let quantization = format!("{dtype:?}").to_uppercase();
+            Ok(LoadedModel { name, model, tokenizer, quantization, conversions: Vec::new() })
         }
     }
 }

@@ -41,8 +41,7 @@ fn default_rope_theta() -> f64 {
 pub fn read_config(dir: &Path) -> Result<HfConfig> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let cfg: HfConfig =
-        serde_json::from_str(&text).with_context(|| format!("{}: not a usable model config", path.display()))?;
+    let cfg: HfConfig = serde_json::from_str(&text).with_context(|| format!("{}: not a usable model config", path.display()))?;
     if !matches!(cfg.model_type.as_str(), "llama" | "qwen2") {
         bail!("{}: unsupported architecture `{}` in field `model_type` (supported: llama, qwen2)", path.display(), cfg.model_type);
     }
@@ -104,18 +103,14 @@ pub fn load_transformer(dir: &Path, name: String, dtype: Option<DType>, device: 
     };
     let qkv_bias = hf.attention_bias.unwrap_or(hf.model_type == "qwen2");
     let shown = dir.display().to_string();
-    let get = |name: &str, shape: &[usize]| {
-        vb.get(shape, name).map_err(|e| anyhow::anyhow!("{shown}: tensor `{name}`: {e}"))
-    };
+    let get = |name: &str, shape: &[usize]| vb.get(shape, name).map_err(|e| anyhow::anyhow!("{shown}: tensor `{name}`: {e}"));
     let linear = |prefix: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
         Ok(Linear {
             weight: QMatMul::Tensor(get(&format!("{prefix}.weight"), &[out, inp])?),
             bias: if bias { Some(get(&format!("{prefix}.bias"), &[out])?) } else { None },
         })
     };
-    let norm = |name: &str| -> Result<RmsNorm> {
-        Ok(RmsNorm { weight: get(name, &[cfg.hidden_size])?, eps: cfg.rms_eps as f32 })
-    };
+    let norm = |name: &str| -> Result<RmsNorm> { Ok(RmsNorm { weight: get(name, &[cfg.hidden_size])?, eps: cfg.rms_eps as f32 }) };
     let (h, q_dim, kv_dim) = (cfg.hidden_size, n_heads * cfg.head_dim, n_kv_heads * cfg.head_dim);
     let embed_w = get("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
     let mut blocks = Vec::with_capacity(cfg.n_layers);
@@ -143,11 +138,7 @@ pub fn load_transformer(dir: &Path, name: String, dtype: Option<DType>, device: 
     } else {
         linear("lm_head", cfg.vocab_size, h, false)?
     };
-    let weights = TransformerWeights {
-        embed: Embedding(QMatMul::Tensor(embed_w)),
-        blocks,
-        final_norm: norm("model.norm.weight")?,
-        lm_head,
-    };
+    let weights =
+        TransformerWeights { embed: Embedding(QMatMul::Tensor(embed_w)), blocks, final_norm: norm("model.norm.weight")?, lm_head };
     Transformer::new(name, cfg, weights, dtype, device).map_err(|e| anyhow::anyhow!("{shown}: building the model: {e}"))
 }

@@ -5,7 +5,7 @@
 //! lack: explicit positions, tree attention masks, logits for every row, hidden states, and a KV
 //! cache that can be truncated, compacted and reordered.
 
-use candle_core::quantized::QMatMul;
+use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use decodebench_kernels::attention;
 use decodebench_strategies::{BlockAttention, DecoderModel, ForwardInput, ForwardOutput, LogitRows, ModelInfo};
@@ -45,9 +45,38 @@ pub struct Linear {
 
 impl Linear {
     /// `exact_rows`: every row must get the bits it would get alone (see [`Transformer::forward`]).
+    /// Uses the project's quantized kernels where they cover the weight (see [`Self::forward_with`]).
     pub fn forward(&self, x: &Tensor, exact_rows: bool) -> Result<Tensor> {
+        self.forward_with(x, own_kernels_default(), exact_rows)
+    }
+
+    /// `own_kernels`: weights that `decodebench_kernels::qmatmul` covers (Q4_1, Q8_0, Q4_K,
+    /// Q6_K on the CPU) run there, whose rows never depend on the block (so `exact_rows` costs
+    /// nothing). Exception: a block that need not be row-exact (a prompt) of more than
+    /// [`CANDLE_BATCH_ROWS`] rows of a K-quant weight takes candle's repacked tile kernel, faster
+    /// for many rows. Other weights, and all of them with `own_kernels` off, take candle's matmul,
+    /// one row at a time when `exact_rows` asks for it and candle's batched kernel for the type is
+    /// not row-exact.
+    pub fn forward_with(&self, x: &Tensor, own_kernels: bool, exact_rows: bool) -> Result<Tensor> {
+        let own = match &self.weight {
+            QMatMul::QTensor(t) if own_kernels && (exact_rows || !prefers_candle_batched(t.dtype(), x)?) => {
+                decodebench_kernels::qmatmul::qmatmul(t, x)?
+            }
+            _ => None,
+        };
+        let y = match own {
+            Some(y) => y,
+            None => self.candle_forward(x, exact_rows)?,
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
+    fn candle_forward(&self, x: &Tensor, exact_rows: bool) -> Result<Tensor> {
         let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?;
-        let y = if exact_rows && rows > 1 && x.device().is_cpu() && !self.rows_are_independent() {
+        if exact_rows && rows > 1 && x.device().is_cpu() && !self.candle_rows_are_independent() {
             // One matmul per row: the multi-row kernel of this weight type sums in another order.
             let dims = x.dims().to_vec();
             let flat = x.flatten_to(dims.len() - 2)?.contiguous()?;
@@ -56,26 +85,69 @@ impl Linear {
             let y = Tensor::cat(&outs, 0)?;
             let mut out_dims = dims;
             *out_dims.last_mut().expect("rank >= 1") = y.dim(1)?;
-            y.reshape(out_dims)?
+            y.reshape(out_dims)
         } else {
-            self.weight.forward(x)?
-        };
-        match &self.bias {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
+            self.weight.forward(x)
         }
     }
 
-    /// Whether candle's CPU matmul for this weight gives each row the same bits as a one-row
-    /// matmul would. True for the quantized types whose multi-row kernel does per-row integer dot
-    /// products (checked by the `row_consistency` test); false for Q6_K (a repacked kernel for
-    /// several rows, `vec_dot` for one) and for dense weights (gemm blocks by row count).
+    /// Whether [`Self::forward`] gives each row the same bits as a one-row call would, in
+    /// batched (not row-exact) mode too: with the project's kernels on, true for the types they
+    /// cover and always run (Q4_1, Q8_0; a long K-quant block goes to candle's tile kernel, see
+    /// [`Self::forward_with`]); with them off, true for the quantized types whose candle kernel
+    /// does per-row integer dot products.
     pub fn rows_are_independent(&self) -> bool {
         match &self.weight {
-            QMatMul::QTensor(t) => t.dtype() != candle_core::quantized::GgmlDType::Q6K,
+            QMatMul::QTensor(t) if own_kernels_default() && self.own_kernel_covers() => {
+                !matches!(t.dtype(), GgmlDType::Q4K | GgmlDType::Q6K)
+            }
+            _ => self.candle_rows_are_independent(),
+        }
+    }
+
+    /// Whether the project's quantized kernels run this weight (when they are on).
+    pub fn own_kernel_covers(&self) -> bool {
+        matches!(&self.weight, QMatMul::QTensor(t) if decodebench_kernels::qmatmul::covers(t))
+    }
+
+    /// Whether candle's CPU matmul for this weight gives each row the same bits as a one-row
+    /// matmul would (checked by the `row_consistency` test): true for the quantized types whose
+    /// multi-row kernel does per-row integer dot products; false for Q6_K (a repacked kernel for
+    /// several rows, `vec_dot` for one) and for dense weights (gemm blocks by row count).
+    pub fn candle_rows_are_independent(&self) -> bool {
+        match &self.weight {
+            QMatMul::QTensor(t) => t.dtype() != GgmlDType::Q6K,
             QMatMul::Tensor(_) | QMatMul::TensorF16(_) => false,
         }
     }
+}
+
+/// Rows above which a block that need not be row-exact runs K-quant weights on candle's
+/// repacked tile kernels (faster than the project's from about 16 rows on, see
+/// `benches/kernels.rs`) rather than the project's.
+pub const CANDLE_BATCH_ROWS: usize = 16;
+
+fn prefers_candle_batched(dtype: GgmlDType, x: &Tensor) -> Result<bool> {
+    let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?;
+    Ok(matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K) && rows > CANDLE_BATCH_ROWS)
+}
+
+/// Environment variable: `candle` runs every matmul on candle's kernels (the project's own
+/// quantized kernels off), for comparisons.
+pub const KERNELS_ENV: &str = "DECODEBENCH_KERNELS";
+
+/// Whether models use the project's quantized matmul kernels by default: yes, unless
+/// `DECODEBENCH_KERNELS=candle`, or the CPU has none of their SIMD paths (then candle's kernels,
+/// which have NEON and other paths, are faster than the scalar fallback) and
+/// `DECODEBENCH_SIMD=scalar` does not ask for it.
+pub fn own_kernels_default() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        use decodebench_kernels::qmatmul::{selected_path, SimdPath, SIMD_ENV};
+        let off = matches!(std::env::var(KERNELS_ENV).as_deref(), Ok("candle"));
+        let scalar_forced = std::env::var(SIMD_ENV).is_ok_and(|v| SimdPath::parse(&v) == Some(SimdPath::Scalar));
+        !off && (selected_path() != SimdPath::Scalar || scalar_forced)
+    })
 }
 
 /// Token embeddings: quantized tables are looked up row by row without dequantizing the whole
@@ -129,6 +201,8 @@ struct BlockShape<'a> {
     parents: Option<&'a [Option<usize>]>,
     /// Row-exact arithmetic (see [`Transformer::forward`]).
     exact: bool,
+    /// The project's quantized matmul kernels where they cover a weight.
+    own_kernels: bool,
 }
 
 pub struct Transformer {
@@ -144,23 +218,16 @@ pub struct Transformer {
     cache: Vec<KvCache>,
     /// Row-exact arithmetic after the prompt (see [`Transformer::forward`]); on by default.
     row_exact: bool,
+    /// The project's quantized matmul kernels (see [`Linear::forward_with`]); on by default.
+    own_kernels: bool,
 }
 
 impl Transformer {
-    pub fn new(
-        name: String,
-        cfg: TransformerConfig,
-        w: TransformerWeights,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn new(name: String, cfg: TransformerConfig, w: TransformerWeights, dtype: DType, device: &Device) -> Result<Self> {
         let half = cfg.head_dim / 2;
-        let inv_freq: Vec<f32> =
-            (0..half).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64) as f32).collect();
+        let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64) as f32).collect();
         let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
-        let t = Tensor::arange(0u32, cfg.max_context as u32, device)?
-            .to_dtype(DType::F32)?
-            .reshape((cfg.max_context, 1))?;
+        let t = Tensor::arange(0u32, cfg.max_context as u32, device)?.to_dtype(DType::F32)?.reshape((cfg.max_context, 1))?;
         let freqs = t.broadcast_mul(&inv_freq)?;
         let info = ModelInfo {
             name,
@@ -175,6 +242,7 @@ impl Transformer {
             sin: freqs.sin()?.to_dtype(dtype)?,
             cache: (0..cfg.n_layers).map(|_| KvCache::new(2)).collect(),
             row_exact: true,
+            own_kernels: own_kernels_default(),
             cfg,
             w,
             dtype,
@@ -187,10 +255,22 @@ impl Transformer {
     }
 
     /// Turns row-exact arithmetic off (every block takes candle's batched kernels, as
-    /// candle-transformers' models do) or back on. Off, lossless strategies are no longer
-    /// guaranteed to reproduce greedy decoding token for token.
+    /// candle-transformers' models do, and the project's quantized kernels are not used) or back
+    /// on. Off, lossless strategies are no longer guaranteed to reproduce greedy decoding token
+    /// for token.
     pub fn set_row_exact(&mut self, on: bool) {
         self.row_exact = on;
+    }
+
+    /// Turns the project's quantized matmul kernels on or off (off: candle's kernels, one row at
+    /// a time where candle's batched kernel is not row-exact). Both are row-exact.
+    pub fn set_own_kernels(&mut self, on: bool) {
+        self.own_kernels = on;
+    }
+
+    /// Whether matmuls run on the project's quantized kernels where they cover the weight.
+    pub fn uses_own_kernels(&self) -> bool {
+        self.own_kernels && self.row_exact
     }
 
     /// Keeps only the first `n` blocks (the final norm and output stay): a cheap early-exit
@@ -215,22 +295,23 @@ impl Transformer {
         let (b, n, _) = x.dims3()?;
         let (h, kvh, hd) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
         let blk = &self.w.blocks[layer];
-        let exact = block.exact;
-        let q = blk.q.forward(x, exact)?.reshape((b, n, h, hd))?.transpose(1, 2)?;
-        let k = blk.k.forward(x, exact)?.reshape((b, n, kvh, hd))?.transpose(1, 2)?;
-        let v = blk.v.forward(x, exact)?.reshape((b, n, kvh, hd))?.transpose(1, 2)?;
+        let (exact, own) = (block.exact, block.own_kernels);
+        let q = blk.q.forward_with(x, own, exact)?.reshape((b, n, h, hd))?.transpose(1, 2)?;
+        let k = blk.k.forward_with(x, own, exact)?.reshape((b, n, kvh, hd))?.transpose(1, 2)?;
+        let v = blk.v.forward_with(x, own, exact)?.reshape((b, n, kvh, hd))?.transpose(1, 2)?;
         let q = self.rope(&q, &rope.0, &rope.1)?;
         let k = self.rope(&k, &rope.0, &rope.1)?;
         let (k, v) = self.cache[layer].append(&k, &v.contiguous()?)?;
         let y = attention(&q, &k, &v, block.cache_len, block.parents, exact)?;
         let y = y.transpose(1, 2)?.reshape((b, n, h * hd))?;
-        blk.o.forward(&y, exact)
+        blk.o.forward_with(&y, own, exact)
     }
 
-    fn mlp(&self, layer: usize, x: &Tensor, exact: bool) -> Result<Tensor> {
+    fn mlp(&self, layer: usize, x: &Tensor, block: &BlockShape) -> Result<Tensor> {
         let blk = &self.w.blocks[layer];
-        let gate = candle_nn::ops::silu(&blk.gate.forward(x, exact)?)?;
-        blk.down.forward(&(gate * blk.up.forward(x, exact)?)?, exact)
+        let (exact, own) = (block.exact, block.own_kernels);
+        let gate = candle_nn::ops::silu(&blk.gate.forward_with(x, own, exact)?)?;
+        blk.down.forward_with(&(gate * blk.up.forward_with(x, own, exact)?)?, own, exact)
     }
 }
 
@@ -279,7 +360,7 @@ impl DecoderModel for Transformer {
         // it may take the fastest batched kernels. Every later block (a decoded token, a draft
         // chain, a tree) computes each row exactly as if its token were decoded alone, so that a
         // lossless strategy reproduces greedy decoding bit for bit.
-        let block = BlockShape { cache_len, parents, exact: self.row_exact && cache_len > 0 };
+        let block = BlockShape { cache_len, parents, exact: self.row_exact && cache_len > 0, own_kernels: self.uses_own_kernels() };
         let rope = (cos, sin);
 
         let ids = Tensor::from_slice(input.tokens, (b, n), &self.device)?;
@@ -289,7 +370,7 @@ impl DecoderModel for Transformer {
             let h = self.attention(layer, &h, &rope, &block)?;
             x = (x + h)?;
             let h = self.w.blocks[layer].mlp_norm.forward(&x)?;
-            x = (&x + self.mlp(layer, &h, block.exact)?)?;
+            x = (&x + self.mlp(layer, &h, &block)?)?;
         }
         let x = match input.rows {
             LogitRows::All => x,
@@ -302,7 +383,7 @@ impl DecoderModel for Transformer {
 
     fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
         // Exact rows always: the Medusa heads project single rows and blocks alike.
-        self.w.lm_head.forward(hidden, true)?.to_dtype(DType::F32)
+        self.w.lm_head.forward_with(hidden, self.uses_own_kernels(), true)?.to_dtype(DType::F32)
     }
 
     fn cache_len(&self) -> usize {

@@ -8,9 +8,8 @@ use std::path::PathBuf;
 /// on first use.
 pub fn smollm2_gguf() -> PathBuf {
     let m = decodebench::catalog::find("smollm2-135m").expect("catalog has smollm2-135m");
-    decodebench::fetch::ensure_installed(m, false).unwrap_or_else(|e| {
-        panic!("cannot install the SmolLM2 test model (run `decodebench models fetch smollm2-135m`): {e:#}")
-    })
+    decodebench::fetch::ensure_installed(m, false)
+        .unwrap_or_else(|e| panic!("cannot install the SmolLM2 test model (run `decodebench models fetch smollm2-135m`): {e:#}"))
 }
 
 /// Qwen2.5-Coder-0.5B-Instruct GGUF (same tokenizer as 1.5B), when present on this machine.

@@ -24,14 +24,13 @@ mod acceptance;
 mod heads;
 mod tree;
 
-use std::time::Instant;
-
 use candle_core::{IndexOp, Result, Tensor};
 
 pub use acceptance::{match_path, typical_path, typical_threshold, AcceptanceRule};
 pub use heads::{HeadLayout, MedusaHeads, HEADS_FILE};
 pub use tree::{TreeTopology, DEFAULT_MAX_TOP_K, MAX_TREE_NODES, SHIPPED_TREES};
 
+use crate::clock;
 use crate::common::{prefill, push_tokens, StopConfig};
 use crate::sampler::Sampler;
 use crate::{host, BlockAttention, DecoderModel, ForwardInput, Generation, LogitRows, StepRecord, StopReason};
@@ -96,7 +95,7 @@ pub fn generate(
     };
 
     let (out, prefill_s) = prefill(model, prompt)?;
-    let t_decode = Instant::now();
+    let t_decode = clock::now(model.device())?;
     let max_context = model.info().max_context;
     let first = match mode {
         Mode::Argmax => host::argmax_tokens(&out.logits)?[0],
@@ -121,11 +120,11 @@ pub fn generate(
         let nodes = tree.prefix_len(max_context - start - 1, remaining.saturating_sub(1));
 
         // 1. Candidates from the heads.
-        let t_draft = Instant::now();
+        let t_draft = clock::now(model.device())?;
         block.clear();
         block.push(root);
+        let depth = tree.block_depths()[..=nodes].iter().copied().max().unwrap_or(0);
         if nodes > 0 {
-            let depth = tree.block_depths()[..=nodes].iter().copied().max().unwrap_or(0);
             let head_logits = heads.logits(&hidden, &*model)?.narrow(0, 0, depth)?;
             let candidates = host::top_k_tokens(&head_logits, tree.top_k())?;
             block.extend((1..=nodes).map(|row| {
@@ -135,7 +134,7 @@ pub fn generate(
         }
 
         // 2. One tree forward.
-        let t_verify = Instant::now();
+        let t_verify = clock::now(model.device())?;
         let n = nodes + 1;
         let attention = BlockAttention::Tree { parents: tree.block_parents()[..n].to_vec() };
         positions.clear();
@@ -144,7 +143,7 @@ pub fn generate(
         let out = model.forward(&input)?;
 
         // 3. Acceptance and the bonus token.
-        let t_update = Instant::now();
+        let t_update = clock::now(model.device())?;
         let children = |row: usize| tree.children(row).to_vec();
         let (path, bonus) = match mode {
             Mode::Argmax => {
@@ -174,7 +173,7 @@ pub fn generate(
         model.compact_cache(start, &keep)?;
         let last = path.last().copied().unwrap_or(0);
         hidden = out.hidden.narrow(1, last, 1)?;
-        let t_end = Instant::now();
+        let t_end = clock::now(model.device())?;
         let mut new: Vec<u32> = path.iter().map(|&row| block[row]).collect();
         new.push(bonus);
         let before = tokens.len();
@@ -188,13 +187,16 @@ pub fn generate(
             draft_s: (t_verify - t_draft).as_secs_f64(),
             verify_s: (t_update - t_verify).as_secs_f64(),
             update_s: (t_end - t_update).as_secs_f64(),
+            proposed_depth: depth,
+            accepted_ranks: path.iter().map(|&row| tree.choice(row).1).collect(),
+            ..StepRecord::default()
         });
     }
     Ok(Generation {
         tokens,
         stop: stop_reason.expect("the loop ends with a reason"),
         prefill_s,
-        decode_s: t_decode.elapsed().as_secs_f64(),
+        decode_s: clock::since(model.device(), t_decode)?,
         steps,
     })
 }

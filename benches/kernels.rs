@@ -1,0 +1,88 @@
+//! `kernels`: the project's quantized matmuls (`decodebench_kernels::qmatmul`) against candle's
+//! `QMatMul` on the same weights, in GB/s (10⁹ bytes) of weights read.
+//!
+//! Groups `<type>/<n>x<k>/m<rows>` for the weight types the kernels cover at shapes of the
+//! default models: Q4_1 (SmolLM2's projections and MLP), Q8_0 (SmolLM2's 49152-row tied head,
+//! the Qwen-0.5B's converted Q5_0 projections), Q4_K (the Qwen-1.5B's MLP) and Q6_K (the
+//! Qwen-1.5B's MLP down projection and its 151936-row head), for 1, 4, 16 and 64 activation rows. Benchmarks per group:
+//! `candle` (candle's `QMatMul::forward`), and `ours/<path>` for every SIMD path this CPU runs
+//! (`avx2`, `avx512vnni`, and `scalar` at one row only; the selected one is what models use).
+//!
+//! Every iteration multiplies by the next of several copies of the weight, enough copies to
+//! exceed 64 MB, so the weights come from memory as in a real forward, not from cache.
+//! (`DECODEBENCH_BENCH_WORKING_SET=0`: one copy, cache-resident: the kernels' compute speed.)
+//! `cargo bench -p decodebench --bench kernels -- --test` runs each once; a filter such as
+//! `-- Q4_1/576x1536` picks groups. Settings: 10 samples, 0.5 s warm-up, 1.5 s measurement.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use criterion::{BenchmarkId, Criterion, Throughput};
+use decodebench_kernels::qmatmul::{available_paths, matmul_on, selected_path, SimdPath, WeightType};
+
+/// (type, n, k): output features, input features.
+const CASES: [(WeightType, usize, usize); 8] = [
+    (WeightType::Q4_1, 1536, 576),
+    (WeightType::Q4_1, 576, 1536),
+    (WeightType::Q8_0, 49152, 576),
+    (WeightType::Q8_0, 4864, 896),
+    (WeightType::Q4K, 8960, 1536),
+    (WeightType::Q4K, 1536, 1536),
+    (WeightType::Q6K, 1536, 8960),
+    (WeightType::Q6K, 151936, 1536),
+];
+const ROWS: [usize; 4] = [1, 4, 16, 64];
+/// Total bytes of weight copies each benchmark rotates through (default 64 MB;
+/// `DECODEBENCH_BENCH_WORKING_SET=0` uses one copy, which then stays in cache).
+const WORKING_SET: usize = 64 << 20;
+const WORKING_SET_ENV: &str = "DECODEBENCH_BENCH_WORKING_SET";
+
+fn main() {
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_millis(1500))
+        .configure_from_args();
+    let dev = Device::Cpu;
+    let working_set = std::env::var(WORKING_SET_ENV).ok().and_then(|v| v.parse().ok()).unwrap_or(WORKING_SET);
+    eprintln!("kernels: paths on this CPU {:?}, selected {:?}", available_paths(), selected_path());
+    for (wt, n, k) in CASES {
+        {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let q = QTensor::quantize(&w, wt.ggml()).unwrap();
+            let bytes = q.data().unwrap().len();
+            let copies = working_set.div_ceil(bytes).max(1);
+            let raw: Vec<Vec<u8>> = (0..copies).map(|_| q.data().unwrap().into_owned()).collect();
+            let candle: Vec<QMatMul> =
+                (0..copies).map(|_| QMatMul::from_qtensor(QTensor::quantize(&w, wt.ggml()).unwrap()).unwrap()).collect();
+            for m in ROWS {
+                let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+                let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+                let mut group = c.benchmark_group(format!("{}/{n}x{k}/m{m}", wt.name()));
+                group.throughput(Throughput::BytesDecimal(bytes as u64));
+                let mut i = 0usize;
+                group.bench_function("candle", |b| {
+                    b.iter(|| {
+                        i = (i + 1) % copies;
+                        black_box(candle[i].forward(&x).unwrap())
+                    })
+                });
+                let mut out = vec![0f32; m * n];
+                // The scalar fallback only at one row: it is there for correctness, not speed.
+                for path in available_paths().into_iter().filter(|&p| p != SimdPath::Scalar || m == 1) {
+                    group.bench_function(BenchmarkId::new("ours", path.name()), |b| {
+                        b.iter(|| {
+                            i = (i + 1) % copies;
+                            matmul_on(path, wt, &raw[i], n, k, &xs, m, &mut out).unwrap();
+                            black_box(&out);
+                        })
+                    });
+                }
+                group.finish();
+            }
+        }
+    }
+    c.final_summary();
+}

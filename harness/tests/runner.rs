@@ -1,0 +1,275 @@
+//! `decodebench run` end to end: a killed run resumes to exactly the rows of an uninterrupted
+//! one; `--shard 1/2` + `--shard 2/2` + `merge` equals the unsharded run apart from timings;
+//! bad configs stop with the file and key named; a results folder is complete.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use decodebench::testing::{write_gguf, TinySpec};
+use decodebench_tables::records::{read_records, UnitRecord};
+use decodebench_tables::tables::read_summary;
+
+fn decodebench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_decodebench")).args(args).output().expect("run decodebench")
+}
+
+fn ok(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "decodebench failed: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What a unit produced, timings left out: the rows two runs of one config must share.
+fn content(dir: &Path) -> BTreeMap<String, Vec<(usize, Vec<u32>, String, Option<String>)>> {
+    let set = read_records(dir).unwrap();
+    assert!(!set.torn_tail, "{}: torn record", dir.display());
+    let mut out = BTreeMap::new();
+    for r in set.records {
+        let UnitRecord { unit, turns, .. } = r;
+        let turns = turns.into_iter().map(|t| (t.turn, t.token_ids, t.text, t.nll_per_token.map(|x| format!("{x:.9}")))).collect();
+        assert!(out.insert(unit.clone(), turns).is_none(), "{}: unit {unit} recorded twice", dir.display());
+    }
+    out
+}
+
+fn write_questions(path: &Path, n: usize) {
+    let cats = ["writing", "coding", "math"];
+    let lines: Vec<String> = (1..=n)
+        .map(|i| {
+            serde_json::json!({"question_id": i, "category": cats[i % 3], "turns": [format!("say {i} then go"), "and again"]}).to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    config: PathBuf,
+}
+
+fn tiny_setup(questions: usize) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let target = root.join("target.gguf");
+    let draft = root.join("draft.gguf");
+    write_gguf(&TinySpec::llama(), &target).unwrap();
+    write_gguf(&TinySpec::qwen2(), &draft).unwrap();
+    let prompts = root.join("q.jsonl");
+    write_questions(&prompts, questions);
+    let config = root.join("tiny.toml");
+    let text = format!(
+        r#"[models]
+target = "{}"
+draft = "{}"
+heads = "random:3"
+
+[run]
+prompts = "{}"
+turns = 2
+max_new_tokens = 12
+warmup = 1
+repeats = 2
+seed = 7
+calibrate_tokens = [1, 2, 4]
+
+[[strategies]]
+name = "sample"
+temperature = 0.8
+
+[[strategies]]
+name = "speculative"
+gamma = [2, 4]
+
+[[strategies]]
+name = "medusa"
+tree = "chain:2"
+
+[[strategies]]
+name = "beam"
+num_beams = 1
+"#,
+        target.display(),
+        draft.display(),
+        prompts.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    Setup { _dir: dir, root, config }
+}
+
+fn run_dir(s: &Setup, name: &str, extra: &[&str]) -> PathBuf {
+    let out = s.root.join(name);
+    let mut args = vec!["run", s.config.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    ok(&decodebench(&args));
+    out
+}
+
+#[test]
+fn a_run_leaves_tables_answers_and_metadata_and_is_exact() {
+    let s = tiny_setup(3);
+    let out = s.root.join("full");
+    let stdout = ok(&decodebench(&["run", s.config.to_str().unwrap(), "--out", out.to_str().unwrap()]));
+    for f in
+        ["meta.json", "calibration.json", "records.jsonl", "summary.csv", "summary.parquet", "turns.csv", "steps.parquet", "acceptance.csv"]
+    {
+        assert!(out.join(f).is_file(), "missing {f}");
+    }
+    let answers: Vec<_> = std::fs::read_dir(out.join("model_answer")).unwrap().collect();
+    assert_eq!(answers.len(), 6, "one answer file per configuration (greedy + 5)");
+    // 6 configurations × 3 questions × 2 repeats.
+    assert_eq!(content(&out).len(), 36);
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("meta.json")).unwrap()).unwrap();
+    assert!(meta["ended"].is_string() && meta["machine"]["threads"].as_u64().unwrap() >= 1, "{meta}");
+    assert!(meta["models"].as_array().unwrap().iter().any(|m| m["role"] == "draft"));
+    // Lossless configurations are exact: the summary (read back from Parquet) says so for each.
+    let summary = read_summary(&out).unwrap();
+    let lossless: Vec<_> = summary.iter().filter(|r| r.lossless && r.category == "all").collect();
+    assert_eq!(lossless.len(), 5, "greedy, speculative ×2, medusa greedy and beam 1 are lossless");
+    for r in &lossless {
+        assert_eq!(r.exact_match, Some(1.0), "{}", r.config_id);
+        assert!(r.mean_accepted_tokens.unwrap() >= 1.0 && r.nll_per_token.is_some(), "{r:?}");
+    }
+    let sample = summary.iter().find(|r| r.strategy == "sample" && r.category == "all").unwrap();
+    assert!(!sample.lossless && sample.speedup.is_some() && sample.speedup_ci_low <= sample.speedup);
+    assert!(stdout.contains("speculative"), "summary screen: {stdout}");
+    // A second run into the same folder is refused without --resume.
+    let again = decodebench(&["run", s.config.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    // Resuming a finished run adds nothing.
+    let before = std::fs::read_to_string(out.join("records.jsonl")).unwrap();
+    ok(&decodebench(&["run", s.config.to_str().unwrap(), "--out", out.to_str().unwrap(), "--resume"]));
+    assert_eq!(std::fs::read_to_string(out.join("records.jsonl")).unwrap(), before);
+}
+
+#[test]
+fn shards_merge_into_the_unsharded_run() {
+    let s = tiny_setup(5);
+    let full = run_dir(&s, "full", &[]);
+    let one = run_dir(&s, "s1", &["--shard", "1/2"]);
+    let two = run_dir(&s, "s2", &["--shard", "2/2"]);
+    let merged = s.root.join("merged");
+    // A missing shard is named, and stops the merge.
+    let out = decodebench(&["merge", one.to_str().unwrap(), "--out", merged.to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("shard 2/2 is missing"), "{out:?}");
+    ok(&decodebench(&["merge", one.to_str().unwrap(), two.to_str().unwrap(), "--out", merged.to_str().unwrap()]));
+    assert_eq!(content(&merged), content(&full));
+    // The summaries agree on everything that is not a timing.
+    let rows = |dir: &Path| -> Vec<String> {
+        read_summary(dir)
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let f = |x: Option<f64>| x.map(|v| format!("{v:.9}")).unwrap_or_default();
+                let (acc, exact, nll, rouge) = (f(r.mean_accepted_tokens), f(r.exact_match), f(r.nll_per_token), f(r.rouge_l));
+                format!("{} {} {} {acc} {exact} {nll} {rouge} {}", r.config_id, r.category, r.turns, f(r.distinct_2))
+            })
+            .collect()
+    };
+    assert_eq!(rows(&merged), rows(&full));
+}
+
+#[test]
+fn a_killed_run_resumes_to_exactly_the_uninterrupted_rows() {
+    // A real model, so that units take long enough to be killed in the middle of the run.
+    let model = common::smollm2_gguf();
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("q.jsonl");
+    write_questions(&prompts, 4);
+    let config = dir.path().join("kill.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[models]\ntarget = \"{0}\"\ndraft = \"{0}\"\n[run]\nprompts = \"{1}\"\nturns = 1\nmax_new_tokens = 10\nwarmup = 0\ncalibrate_tokens = [1, 2]\n[[strategies]]\nname = \"speculative\"\ngamma = 3\n",
+            model.display(),
+            prompts.display()
+        ),
+    )
+    .unwrap();
+    let (cfg, full, killed) = (config.to_str().unwrap(), dir.path().join("full"), dir.path().join("killed"));
+    ok(&decodebench(&["run", cfg, "--out", full.to_str().unwrap()]));
+    let total = content(&full).len();
+    assert_eq!(total, 2 * 4);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_decodebench"))
+        .args(["run", cfg, "--out", killed.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let records = killed.join("records.jsonl");
+    let t0 = Instant::now();
+    let lines = || std::fs::read_to_string(&records).map(|t| t.lines().count()).unwrap_or(0);
+    while lines() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(300), "the run wrote no records");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let at_kill = content(&killed).len();
+    assert!(at_kill >= 2 && at_kill < total, "killed after {at_kill} of {total} units");
+    assert!(!killed.join("summary.csv").exists(), "a killed run has no tables yet");
+
+    ok(&decodebench(&["run", cfg, "--out", killed.to_str().unwrap(), "--resume"]));
+    assert_eq!(content(&killed), content(&full), "resumed rows differ from the uninterrupted run");
+    let n_lines = std::fs::read_to_string(&records).unwrap().lines().count();
+    assert_eq!(n_lines, total, "no duplicate rows");
+
+    // Resuming with a changed config is refused, saying what changed.
+    let changed = std::fs::read_to_string(&config).unwrap().replace("max_new_tokens = 10", "max_new_tokens = 11");
+    std::fs::write(&config, changed).unwrap();
+    let out = decodebench(&["run", cfg, "--out", killed.to_str().unwrap(), "--resume"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("max_new_tokens: 10 before, 11 now"), "{err}");
+}
+
+#[test]
+fn bad_configs_stop_before_any_model_loads() {
+    let s = tiny_setup(2);
+    let cfg = std::fs::read_to_string(&s.config).unwrap();
+    let check = |text: String, needles: &[&str]| {
+        let path = s.root.join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = decodebench(&["run", path.to_str().unwrap(), "--out", s.root.join("never").to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        for n in needles {
+            assert!(err.contains(n), "`{n}` missing from {err}");
+        }
+        assert!(!s.root.join("never").exists(), "a refused config must not start a results folder");
+    };
+    check(cfg.replace("name = \"beam\"", "name = \"bream\""), &["bad.toml", "strategies[3].name", "bream"]);
+    check(cfg.replace("num_beams = 1", "num_beams = 1\nbeam_width = 2"), &["bad.toml", "strategies[3].beam_width"]);
+    check(cfg.replace("gamma = [2, 4]", "gamma = []"), &["strategies[1].gamma", "empty grid"]);
+    check(cfg.replace("gamma = [2, 4]", "gamma = [2, 99]"), &["strategies[1].gamma", "1..=64"]);
+    // A draft whose token ids mean other tokens (SmolLM2's tokenizer against the tiny one's).
+    let smollm2 = common::smollm2_gguf();
+    let draft_line = cfg.lines().find(|l| l.starts_with("draft = ")).unwrap().to_string();
+    check(cfg.replace(&draft_line, &format!("draft = \"{}\"", smollm2.display())), &["models.draft", "tokenizer differs"]);
+    // Heads for another model: a heads file sized for another hidden size.
+    let heads = s.root.join("heads.safetensors");
+    write_heads(&heads, 8, 32);
+    check(cfg.replace("heads = \"random:3\"", &format!("heads = \"{}\"", heads.display())), &["models.heads", "hidden size"]);
+    // A prompt file with a broken line.
+    let prompts = s.root.join("q.jsonl");
+    std::fs::write(&prompts, "{\"question_id\": 1, \"turns\": [\"a\", \"b\"]}\n{\"question_id\": 2, \"turns\": \n").unwrap();
+    check(cfg.clone(), &["q.jsonl", "line 2"]);
+    std::fs::write(&prompts, "{\"question_id\": 1, \"category\": \"x\"}\n").unwrap();
+    check(cfg, &["q.jsonl", "line 1", "turns"]);
+}
+
+/// One Medusa-2 head (a ResBlock) in the official key layout, sized `hidden`.
+fn write_heads(path: &Path, hidden: usize, _vocab: usize) {
+    use candle_core::{Device, Tensor};
+    let dev = Device::Cpu;
+    let w = Tensor::zeros((hidden, hidden), candle_core::DType::F32, &dev).unwrap();
+    let b = Tensor::zeros(hidden, candle_core::DType::F32, &dev).unwrap();
+    let tensors = std::collections::HashMap::from([("0.0.linear.weight".to_string(), w), ("0.0.linear.bias".to_string(), b)]);
+    candle_core::safetensors::save(&tensors, path).unwrap();
+}

@@ -1,0 +1,1047 @@
+//! Quantized matrix products `y = x · Wᵀ` for ggml-quantized weights (Q4_1, Q8_0, Q4_K, Q6_K),
+//! written so
+//! that every output row is computed by one fixed sequence of operations, whatever the number of
+//! rows in the call: a token verified inside a block gets the bits it gets decoded alone.
+//!
+//! As in llama.cpp, the activations are quantized to 8 bits per block of 32 values (scale
+//! `d = max|x| / 127`, values `round(x / d)` ties to even, and for Q4_1's offset the block sum
+//! `d · Σq`). One output is then, for weight row `j` and activation row `r`:
+//!
+//! - per block `b` of 32 values: an integer `S_b` (exact in i32): `Σ q_i · a_i` for Q4_1 and
+//!   Q8_0, times the 6-bit sub-block scale for Q4_K, and for Q6_K the sum over its two 16-value
+//!   halves of scale × `Σ (q_i − 32) · a_i`; then in f32, in lane `l = b mod 8`:
+//!   `acc[l] = fma(S_b, d_w · d_a, acc[l])` (`d_w` the block's or super-block's scale);
+//! - Q4_1 and Q4_K, likewise: `mins[l] = fma(m_w, d_a · Σa, mins[l])` (`m_w = dmin · m` for
+//!   Q4_K);
+//! - at the end `h(acc)`, plus `h(mins)` for Q4_1, minus it for Q4_K, with the fixed reduction
+//!   `h(v) = ((v0+v4) + (v2+v6)) + ((v1+v5) + (v3+v7))`.
+//!
+//! The scalar path spells this out; the AVX2 path (`maddubs` + `madd`) and the AVX-512 VNNI path
+//! (`vpdpbusd` on 256-bit registers) produce the same integer sums and run the same float
+//! operations, so all three give identical bits (the tests check it on every path the machine
+//! has). Work is split over output columns (weight rows) on candle's persistent CPU thread pool,
+//! one parallel region per product; each weight row is read from memory once, its blocks
+//! unpacked once per tile of up to 4 (AVX2) or 8 (AVX-512) activation rows.
+//!
+//! The path is picked at run time ([`selected_path`]): the best the CPU has, capped by the
+//! environment variable `DECODEBENCH_SIMD` (`scalar`, `avx2`, `avx512vnni`).
+
+use std::sync::OnceLock;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Result, Storage, Tensor};
+use half::f16;
+
+/// Values per quantization block, for weights and activations.
+pub const QK: usize = 32;
+/// Output columns (weight rows) per work item.
+const COLS: usize = 4;
+/// Environment variable capping the SIMD path.
+pub const SIMD_ENV: &str = "DECODEBENCH_SIMD";
+
+/// Weight types these kernels cover, in ggml's block layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WeightType {
+    /// 32 values: f16 scale `d`, f16 minimum `m`, 16 bytes of 4-bit values `q` (`w = d·q + m`;
+    /// byte `i` holds value `i` in its low nibble and value `i + 16` in its high nibble).
+    Q4_1,
+    /// 32 values: f16 scale `d`, 32 signed bytes `q` (`w = d·q`).
+    Q8_0,
+    /// 256 values: f16 `d`, f16 `dmin`, 12 bytes of eight 6-bit scales and minimums (one pair
+    /// per 32 values), 128 bytes of 4-bit values (`w = d·sc·q − dmin·m`).
+    Q4K,
+    /// 256 values: 128 bytes of low 4 bits, 64 bytes of high 2 bits, sixteen i8 scales (one per
+    /// 16 values), f16 `d` (`w = d·sc·(q − 32)`).
+    Q6K,
+}
+
+impl WeightType {
+    pub const ALL: [WeightType; 4] = [WeightType::Q4_1, WeightType::Q8_0, WeightType::Q4K, WeightType::Q6K];
+
+    /// Values per ggml block (32, or 256 for the K types; `k` must be a multiple).
+    pub fn block_values(self) -> usize {
+        match self {
+            Self::Q4_1 | Self::Q8_0 => QK,
+            Self::Q4K | Self::Q6K => 256,
+        }
+    }
+
+    /// Bytes per ggml block of [`Self::block_values`] values.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Self::Q4_1 => 20,
+            Self::Q8_0 => 34,
+            Self::Q4K => 144,
+            Self::Q6K => 210,
+        }
+    }
+
+    pub fn from_ggml(dtype: GgmlDType) -> Option<Self> {
+        match dtype {
+            GgmlDType::Q4_1 => Some(Self::Q4_1),
+            GgmlDType::Q8_0 => Some(Self::Q8_0),
+            GgmlDType::Q4K => Some(Self::Q4K),
+            GgmlDType::Q6K => Some(Self::Q6K),
+            _ => None,
+        }
+    }
+
+    pub fn ggml(self) -> GgmlDType {
+        match self {
+            Self::Q4_1 => GgmlDType::Q4_1,
+            Self::Q8_0 => GgmlDType::Q8_0,
+            Self::Q4K => GgmlDType::Q4K,
+            Self::Q6K => GgmlDType::Q6K,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Q4_1 => "Q4_1",
+            Self::Q8_0 => "Q8_0",
+            Self::Q4K => "Q4_K",
+            Self::Q6K => "Q6_K",
+        }
+    }
+
+    /// Whether the kernels take this weight's rows of `k` values.
+    pub fn fits(self, k: usize) -> bool {
+        k > 0 && k.is_multiple_of(self.block_values())
+    }
+}
+
+/// An implementation of the kernels; every one gives the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SimdPath {
+    /// Plain Rust (the fallback on CPUs without AVX2, and off x86).
+    Scalar,
+    /// AVX2 + FMA + F16C: `vpmaddubsw` / `vpmaddwd` integer dot products.
+    Avx2,
+    /// AVX-512 VNNI with VL (and AVX2 + FMA + F16C): `vpdpbusd` on 256-bit registers.
+    Avx512Vnni,
+}
+
+impl SimdPath {
+    pub const ALL: [SimdPath; 3] = [SimdPath::Scalar, SimdPath::Avx2, SimdPath::Avx512Vnni];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Scalar => "scalar",
+            Self::Avx2 => "avx2",
+            Self::Avx512Vnni => "avx512vnni",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name().eq_ignore_ascii_case(s.trim()))
+    }
+
+    /// Whether this CPU runs the path (detected at run time).
+    pub fn is_available(self) -> bool {
+        match self {
+            Self::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"),
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512Vnni => {
+                Self::Avx2.is_available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+}
+
+/// The paths this CPU runs, scalar first.
+pub fn available_paths() -> Vec<SimdPath> {
+    SimdPath::ALL.into_iter().filter(|p| p.is_available()).collect()
+}
+
+/// The path [`matmul`] uses: the best available, capped by `DECODEBENCH_SIMD` when set.
+pub fn selected_path() -> SimdPath {
+    static PATH: OnceLock<SimdPath> = OnceLock::new();
+    *PATH.get_or_init(|| {
+        let best = *available_paths().last().expect("scalar is always available");
+        match std::env::var(SIMD_ENV).ok().as_deref().map(SimdPath::parse) {
+            Some(Some(cap)) => best.min(cap),
+            Some(None) => {
+                eprintln!("warning: {SIMD_ENV} must be one of scalar, avx2, avx512vnni; using {}", best.name());
+                best
+            }
+            None => best,
+        }
+    })
+}
+
+/// Activations quantized to 8 bits per block of [`QK`]: `m` rows of `nb` blocks, each row
+/// padded with zero blocks to `nbp` (a multiple of 8) so the kernels read whole groups of eight.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedActs {
+    pub m: usize,
+    pub nb: usize,
+    /// Blocks per row including the zero padding: `nb` rounded up to a multiple of 8.
+    pub nbp: usize,
+    /// `m · nbp · 32` values.
+    pub qs: Vec<i8>,
+    /// Scale per block (`m · nbp`).
+    pub d: Vec<f32>,
+    /// `d · Σq` per block (Q4_1's offset term).
+    pub sa: Vec<f32>,
+}
+
+impl QuantizedActs {
+    /// Quantizes `m` rows of `k` values (`k` a multiple of [`QK`]); rows in parallel when many.
+    pub fn quantize(x: &[f32], m: usize, k: usize) -> Self {
+        assert!(k.is_multiple_of(QK) && x.len() == m * k, "quantize: {} values for {m} rows of {k}", x.len());
+        let nb = k / QK;
+        let nbp = nb.div_ceil(8) * 8;
+        let mut acts = QuantizedActs { m, nb, nbp, qs: vec![0; m * nbp * QK], d: vec![0.0; m * nbp], sa: vec![0.0; m * nbp] };
+        let (qs, d, sa) = (SyncPtr(acts.qs.as_mut_ptr()), SyncPtr(acts.d.as_mut_ptr()), SyncPtr(acts.sa.as_mut_ptr()));
+        let rows = |rows: std::ops::Range<usize>| {
+            for r in rows {
+                // SAFETY: each row's slices are disjoint and within the buffers above.
+                let (qs, d, sa) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(qs.get().add(r * nbp * QK), k),
+                        std::slice::from_raw_parts_mut(d.get().add(r * nbp), nb),
+                        std::slice::from_raw_parts_mut(sa.get().add(r * nbp), nb),
+                    )
+                };
+                quantize_row(&x[r * k..(r + 1) * k], qs, d, sa);
+            }
+        };
+        if m < 8 {
+            rows(0..m);
+        } else {
+            candle_core::utils::barrier_pool().execute_chunked(m, rows);
+        }
+        acts
+    }
+
+    /// Row `r`'s values (without the padding).
+    pub fn row_values(&self, r: usize) -> &[i8] {
+        &self.qs[r * self.nbp * QK..(r * self.nbp + self.nb) * QK]
+    }
+}
+
+fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], sa: &mut [f32]) {
+    for (b, (xs, qs)) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).enumerate() {
+        let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
+        let scale = amax / 127.0;
+        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in qs.iter_mut().zip(xs) {
+            let r = (v * inv).round_ties_even();
+            *q = r as i8;
+            sum += r as i32;
+        }
+        d[b] = scale;
+        sa[b] = scale * sum as f32;
+    }
+}
+
+/// A raw pointer the pool's workers may share; every user writes disjoint elements.
+#[derive(Clone, Copy)]
+struct SyncPtr<T>(*mut T);
+unsafe impl<T> Sync for SyncPtr<T> {}
+unsafe impl<T> Send for SyncPtr<T> {}
+impl<T> SyncPtr<T> {
+    // A method (not field access) so closures capture the whole wrapper, which is Sync.
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// `out (m, n) = x (m, k) · Wᵀ` for `w`: `n` rows of `k / 32` blocks of `wt`, on the selected path.
+pub fn matmul(wt: WeightType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
+    matmul_on(selected_path(), wt, w, n, k, x, m, out)
+}
+
+/// [`matmul`] on a given path (tests and benchmarks force each one).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_on(path: SimdPath, wt: WeightType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
+    if !wt.fits(k) {
+        candle_core::bail!("quantized matmul: k = {k} is not a multiple of {} ({})", wt.block_values(), wt.name());
+    }
+    let acts = QuantizedActs::quantize(x, m, k);
+    matmul_quantized_on(path, wt, w, n, k, &acts, out)
+}
+
+/// The product for activations already quantized.
+pub fn matmul_quantized_on(
+    path: SimdPath,
+    wt: WeightType,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    acts: &QuantizedActs,
+    out: &mut [f32],
+) -> Result<()> {
+    let nb = k / QK;
+    let stride = k / wt.block_values() * wt.block_bytes();
+    if !wt.fits(k) || acts.nb != nb || w.len() != n * stride || out.len() != acts.m * n {
+        candle_core::bail!(
+            "quantized matmul: {} weight bytes for ({n}, {k}) {}, {} activation blocks per row, {} outputs for {} rows",
+            w.len(),
+            wt.name(),
+            acts.nb,
+            out.len(),
+            acts.m
+        );
+    }
+    if !path.is_available() {
+        candle_core::bail!("quantized matmul: this CPU has no {} path", path.name());
+    }
+    if acts.m == 0 || n == 0 {
+        return Ok(());
+    }
+    let tiles = n.div_ceil(COLS);
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let run = |range: std::ops::Range<usize>| {
+        for t in range {
+            let j0 = t * COLS;
+            let cols = COLS.min(n - j0);
+            // SAFETY: columns j0..j0 + cols of every output row belong to this item alone; the
+            // weight rows read are within `w` (checked above).
+            unsafe {
+                let wp = w.as_ptr().add(j0 * stride);
+                let op = out_ptr.get().add(j0);
+                match path {
+                    SimdPath::Scalar => scalar::tile(wt, wp, stride, nb, cols, acts, op, n),
+                    #[cfg(target_arch = "x86_64")]
+                    SimdPath::Avx2 => avx2::tile(wt, wp, stride, nb, cols, acts, op, n),
+                    #[cfg(target_arch = "x86_64")]
+                    SimdPath::Avx512Vnni => vnni::tile(wt, wp, stride, nb, cols, acts, op, n),
+                    #[cfg(not(target_arch = "x86_64"))]
+                    _ => unreachable!("checked by is_available"),
+                }
+            }
+        }
+    };
+    if tiles == 1 {
+        run(0..1);
+    } else {
+        candle_core::utils::barrier_pool().execute_chunked(tiles, run);
+    }
+    Ok(())
+}
+
+/// Whether [`qmatmul`] covers this weight (a CPU tensor `(n, k)` of a covered type, `k` a
+/// multiple of its block).
+pub fn covers(w: &QTensor) -> bool {
+    WeightType::from_ggml(w.dtype()).is_some_and(|wt| matches!(w.shape().dims(), [_, k] if wt.fits(*k))) && w.device().is_cpu()
+}
+
+/// `x · wᵀ` for f32 `x (.., k)` on the CPU and a weight [`covers`] accepts, on the selected path;
+/// `None` when these kernels do not apply.
+pub fn qmatmul(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
+    let Some(wt) = WeightType::from_ggml(w.dtype()) else { return Ok(None) };
+    let &[n, k] = w.shape().dims() else { return Ok(None) };
+    if !w.device().is_cpu() || !x.device().is_cpu() || x.dtype() != DType::F32 || !wt.fits(k) {
+        return Ok(None);
+    }
+    if x.rank() == 0 || x.dim(candle_core::D::Minus1)? != k {
+        candle_core::bail!("quantized matmul: input {:?} does not fit a ({n}, {k}) weight", x.shape());
+    }
+    let x = x.contiguous()?;
+    let m = x.elem_count() / k;
+    let data = w.data()?;
+    let mut out = vec![0f32; m * n];
+    {
+        let (storage, layout) = x.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else { return Ok(None) };
+        let xs = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + m * k];
+        matmul(wt, &data, n, k, xs, m, &mut out)?;
+    }
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().expect("rank >= 1") = n;
+    Tensor::from_vec(out, dims, &Device::Cpu).map(Some)
+}
+
+#[inline]
+fn hsum8(a: [f32; 8]) -> f32 {
+    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
+}
+
+#[inline]
+fn f16_at(p: *const u8) -> f32 {
+    // SAFETY: callers pass a pointer into a block.
+    f16::from_bits(unsafe { std::ptr::read_unaligned(p as *const u16) }).to_f32()
+}
+
+/// The reference arithmetic, in plain Rust.
+mod scalar {
+    use super::*;
+
+    /// Block `b`'s (32 values) integer sum `S_b` against activations `a`, its scale `d_w` and
+    /// its offset factor `m_w` (0 for the types without one).
+    #[inline]
+    pub(super) fn block(wt: WeightType, row: &[u8], b: usize, a: &[i8]) -> (i32, f32, f32) {
+        let dot = |v: &mut dyn Iterator<Item = i32>, a: &[i8]| -> i32 { v.zip(a).map(|(w, &a)| w * a as i32).sum() };
+        match wt {
+            WeightType::Q4_1 => {
+                let blk = &row[b * 20..(b + 1) * 20];
+                let qs = &blk[4..20];
+                let v = qs.iter().map(|&q| (q & 0x0f) as i32).chain(qs.iter().map(|&q| (q >> 4) as i32));
+                (dot(&mut { v }, a), f16_at(blk.as_ptr()), f16_at(blk[2..].as_ptr()))
+            }
+            WeightType::Q8_0 => {
+                let blk = &row[b * 34..(b + 1) * 34];
+                (dot(&mut blk[2..34].iter().map(|&q| q as i8 as i32), a), f16_at(blk.as_ptr()), 0.0)
+            }
+            WeightType::Q4K => {
+                let (sb, j) = (b / 8, b % 8);
+                let blk = &row[sb * 144..(sb + 1) * 144];
+                let scales: &[u8; 12] = blk[4..16].try_into().expect("12 bytes");
+                let (sc, m) = scale_min_k4(j, scales);
+                // 32-byte chunk j / 2: low nibbles are block 2c, high nibbles block 2c + 1.
+                let chunk = &blk[16 + 32 * (j / 2)..16 + 32 * (j / 2 + 1)];
+                let v = chunk.iter().map(|&q| if j % 2 == 0 { (q & 0x0f) as i32 } else { (q >> 4) as i32 });
+                let s = dot(&mut { v }, a) * sc as i32;
+                let (d, dmin) = (f16_at(blk.as_ptr()), f16_at(blk[2..].as_ptr()));
+                (s, d, dmin * m as f32)
+            }
+            WeightType::Q6K => {
+                let (sb, j) = (b / 8, b % 8);
+                let blk = &row[sb * 210..(sb + 1) * 210];
+                let (ql, qh, sc) = (&blk[..128], &blk[128..192], &blk[192..208]);
+                let (h, t) = (j / 4, j % 4);
+                let value = |l: usize| -> i32 {
+                    let low = ql[64 * h + l + 32 * (t & 1)];
+                    let low = if t < 2 { low & 0x0f } else { low >> 4 };
+                    let high = (qh[32 * h + l] >> (2 * t)) & 3;
+                    (low | (high << 4)) as i32 - 32
+                };
+                let half =
+                    |i: usize| -> i32 { (16 * i..16 * i + 16).map(|l| value(l) * a[l] as i32).sum::<i32>() * sc[2 * j + i] as i8 as i32 };
+                (half(0) + half(1), f16_at(blk[208..].as_ptr()), 0.0)
+            }
+        }
+    }
+
+    /// # Safety
+    /// `w` points at `cols` weight rows of `stride` bytes, `out` at column 0 of an `(m, n)` output.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn tile(
+        wt: WeightType,
+        w: *const u8,
+        stride: usize,
+        nb: usize,
+        cols: usize,
+        acts: &QuantizedActs,
+        out: *mut f32,
+        n: usize,
+    ) {
+        for c in 0..cols {
+            let row = std::slice::from_raw_parts(w.add(c * stride), stride);
+            for r in 0..acts.m {
+                // Lane `b % 8` accumulates block b.
+                let mut acc = [0f32; 8];
+                let mut mins = [0f32; 8];
+                for b in 0..nb {
+                    let i = r * acts.nbp + b;
+                    let (s, dw, mw) = block(wt, row, b, &acts.qs[i * QK..(i + 1) * QK]);
+                    let lane = b % 8;
+                    acc[lane] = (s as f32).mul_add(dw * acts.d[i], acc[lane]);
+                    if matches!(wt, WeightType::Q4_1 | WeightType::Q4K) {
+                        mins[lane] = mw.mul_add(acts.sa[i], mins[lane]);
+                    }
+                }
+                let y = match wt {
+                    WeightType::Q4_1 => hsum8(acc) + hsum8(mins),
+                    WeightType::Q4K => hsum8(acc) - hsum8(mins),
+                    WeightType::Q8_0 | WeightType::Q6K => hsum8(acc),
+                };
+                *out.add(r * n + c) = y;
+            }
+        }
+    }
+}
+
+/// ggml's 6-bit scale and minimum of sub-block `j` (0..8) of a Q4_K super-block.
+#[inline]
+fn scale_min_k4(j: usize, s: &[u8; 12]) -> (u8, u8) {
+    if j < 4 {
+        (s[j] & 63, s[j + 4] & 63)
+    } else {
+        ((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn dot_avx2(u: core::arch::x86_64::__m256i, s: core::arch::x86_64::__m256i) -> core::arch::x86_64::__m256i {
+    use core::arch::x86_64::*;
+    // u8 × i8 pairs summed to i16 (at most 2 · 255 · 127 < 2^15 for the values used here: Q4_1
+    // nibbles ≤ 15, Q8_0 magnitudes ≤ 128 against activations ≤ 127), then pairs to i32.
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn dot_vnni(u: core::arch::x86_64::__m256i, s: core::arch::x86_64::__m256i) -> core::arch::x86_64::__m256i {
+    use core::arch::x86_64::*;
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+}
+
+/// The x86 kernels, stamped out per path: `$dot` is the integer block dot product and
+/// `$max_rows` the activation rows per register tile.
+///
+/// Blocks go in groups of eight: the eight blocks' integer sums are reduced into one vector
+/// (lane j: block 8g + j), multiplied by the eight scales in one step and accumulated in one
+/// fma, which is the scalar path's per-lane arithmetic. A ragged last group reads zero-padded
+/// weight blocks (a copy) and the activations' zero padding; its empty lanes add exact zeros.
+#[cfg(target_arch = "x86_64")]
+macro_rules! x86_path {
+    ($name:ident, $features:literal, $dot:ident, $max_rows:literal) => {
+        mod $name {
+            use super::*;
+            use core::arch::x86_64::*;
+
+            const MAX_R: usize = $max_rows;
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn hsum(v: __m256) -> f32 {
+                // ((a0+a4) + (a2+a6)) + ((a1+a5) + (a3+a7)), as `hsum8`.
+                let x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+                let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+                _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)))
+            }
+
+            /// Lane j of the result: the sum of the eight i32 lanes of `s[j]` (exact).
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn reduce8(s: &[__m256i; 8]) -> __m256i {
+                let h01 = _mm256_hadd_epi32(s[0], s[1]);
+                let h23 = _mm256_hadd_epi32(s[2], s[3]);
+                let h45 = _mm256_hadd_epi32(s[4], s[5]);
+                let h67 = _mm256_hadd_epi32(s[6], s[7]);
+                let h0123 = _mm256_hadd_epi32(h01, h23);
+                let h4567 = _mm256_hadd_epi32(h45, h67);
+                let lo = _mm256_permute2x128_si256::<0x20>(h0123, h4567);
+                let hi = _mm256_permute2x128_si256::<0x31>(h0123, h4567);
+                _mm256_add_epi32(lo, hi)
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn f16_scalar(p: *const u8) -> f32 {
+                let bits = std::ptr::read_unaligned(p as *const u16);
+                _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+            }
+
+            /// Eight f16 values at `p`, `p + step`, ... as f32.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn f16x8(p: *const u8, step: usize) -> __m256 {
+                let h = |j: usize| std::ptr::read_unaligned(p.add(j * step) as *const i16);
+                _mm256_cvtph_ps(_mm_set_epi16(h(7), h(6), h(5), h(4), h(3), h(2), h(1), h(0)))
+            }
+
+            /// Eight Q4_1 blocks at `w` against rows r0..r0+R at block `b0` (a multiple of 8).
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn q4_1_group<const R: usize>(
+                w: *const u8,
+                acts: &QuantizedActs,
+                r0: usize,
+                b0: usize,
+                acc: &mut [__m256; R],
+                mins: &mut [__m256; R],
+            ) {
+                let mask = _mm_set1_epi8(0x0f);
+                let dw = f16x8(w, 20);
+                let mw = f16x8(w.add(2), 20);
+                let mut wv = [_mm256_setzero_si256(); 8];
+                for (j, wv) in wv.iter_mut().enumerate() {
+                    let x = _mm_loadu_si128(w.add(j * 20 + 4) as *const __m128i);
+                    *wv = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16::<4>(x), mask), _mm_and_si128(x, mask));
+                }
+                for r in 0..R {
+                    let i = (r0 + r) * acts.nbp + b0;
+                    let a = acts.qs.as_ptr().add(i * QK);
+                    let mut s = [_mm256_setzero_si256(); 8];
+                    for j in 0..8 {
+                        s[j] = $dot(wv[j], _mm256_loadu_si256(a.add(j * QK) as *const __m256i));
+                    }
+                    let isum = _mm256_cvtepi32_ps(reduce8(&s));
+                    let da = _mm256_loadu_ps(acts.d.as_ptr().add(i));
+                    let sa = _mm256_loadu_ps(acts.sa.as_ptr().add(i));
+                    acc[r] = _mm256_fmadd_ps(isum, _mm256_mul_ps(dw, da), acc[r]);
+                    mins[r] = _mm256_fmadd_ps(mw, sa, mins[r]);
+                }
+            }
+
+            #[target_feature(enable = $features)]
+            unsafe fn q4_1<const R: usize>(w: *const u8, nb: usize, acts: &QuantizedActs, r0: usize, out: *mut f32, n: usize) {
+                let mut acc = [_mm256_setzero_ps(); R];
+                let mut mins = [_mm256_setzero_ps(); R];
+                let full = nb / 8;
+                for g in 0..full {
+                    q4_1_group::<R>(w.add(g * 8 * 20), acts, r0, g * 8, &mut acc, &mut mins);
+                }
+                if full * 8 < nb {
+                    let mut tail = [0u8; 8 * 20];
+                    let left = (nb - full * 8) * 20;
+                    std::ptr::copy_nonoverlapping(w.add(full * 8 * 20), tail.as_mut_ptr(), left);
+                    q4_1_group::<R>(tail.as_ptr(), acts, r0, full * 8, &mut acc, &mut mins);
+                }
+                for r in 0..R {
+                    *out.add((r0 + r) * n) = hsum(acc[r]) + hsum(mins[r]);
+                }
+            }
+
+            /// Eight Q8_0 blocks at `w` against rows r0..r0+R at block `b0`.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn q8_0_group<const R: usize>(w: *const u8, acts: &QuantizedActs, r0: usize, b0: usize, acc: &mut [__m256; R]) {
+                let dw = f16x8(w, 34);
+                let mut wq = [_mm256_setzero_si256(); 8];
+                for (j, wq) in wq.iter_mut().enumerate() {
+                    *wq = _mm256_loadu_si256(w.add(j * 34 + 2) as *const __m256i);
+                }
+                for r in 0..R {
+                    let i = (r0 + r) * acts.nbp + b0;
+                    let a = acts.qs.as_ptr().add(i * QK);
+                    let mut s = [_mm256_setzero_si256(); 8];
+                    for j in 0..8 {
+                        let av = _mm256_loadu_si256(a.add(j * QK) as *const __m256i);
+                        // |w| · (a with w's sign): the same products, as u8 × i8.
+                        s[j] = $dot(_mm256_abs_epi8(wq[j]), _mm256_sign_epi8(av, wq[j]));
+                    }
+                    let isum = _mm256_cvtepi32_ps(reduce8(&s));
+                    let da = _mm256_loadu_ps(acts.d.as_ptr().add(i));
+                    acc[r] = _mm256_fmadd_ps(isum, _mm256_mul_ps(dw, da), acc[r]);
+                }
+            }
+
+            #[target_feature(enable = $features)]
+            unsafe fn q8_0<const R: usize>(w: *const u8, nb: usize, acts: &QuantizedActs, r0: usize, out: *mut f32, n: usize) {
+                let mut acc = [_mm256_setzero_ps(); R];
+                let full = nb / 8;
+                for g in 0..full {
+                    q8_0_group::<R>(w.add(g * 8 * 34), acts, r0, g * 8, &mut acc);
+                }
+                if full * 8 < nb {
+                    let mut tail = [0u8; 8 * 34];
+                    let left = (nb - full * 8) * 34;
+                    std::ptr::copy_nonoverlapping(w.add(full * 8 * 34), tail.as_mut_ptr(), left);
+                    q8_0_group::<R>(tail.as_ptr(), acts, r0, full * 8, &mut acc);
+                }
+                for r in 0..R {
+                    *out.add((r0 + r) * n) = hsum(acc[r]);
+                }
+            }
+
+            /// One Q4_K super-block (eight blocks) at `w` against rows r0..r0+R at block `b0`.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn q4k_group<const R: usize>(
+                w: *const u8,
+                acts: &QuantizedActs,
+                r0: usize,
+                b0: usize,
+                acc: &mut [__m256; R],
+                mins: &mut [__m256; R],
+            ) {
+                let d = _mm256_set1_ps(f16_scalar(w));
+                let dmin = _mm256_set1_ps(f16_scalar(w.add(2)));
+                let scales = &*(w.add(4) as *const [u8; 12]);
+                let mut sc = [_mm256_setzero_si256(); 8];
+                let mut mn = [0i32; 8];
+                for j in 0..8 {
+                    let (s, m) = scale_min_k4(j, scales);
+                    sc[j] = _mm256_set1_epi16(s as i16);
+                    mn[j] = m as i32;
+                }
+                let mw = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_loadu_si256(mn.as_ptr() as *const __m256i)));
+                let mask = _mm256_set1_epi8(0x0f);
+                let mut wv = [_mm256_setzero_si256(); 8];
+                for c in 0..4 {
+                    let x = _mm256_loadu_si256(w.add(16 + 32 * c) as *const __m256i);
+                    wv[2 * c] = _mm256_and_si256(x, mask);
+                    wv[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(x), mask);
+                }
+                for r in 0..R {
+                    let i = (r0 + r) * acts.nbp + b0;
+                    let a = acts.qs.as_ptr().add(i * QK);
+                    let mut s = [_mm256_setzero_si256(); 8];
+                    for j in 0..8 {
+                        let av = _mm256_loadu_si256(a.add(j * QK) as *const __m256i);
+                        // nibble × activation pairs (≤ 2·15·127), then × the 6-bit scale.
+                        s[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(wv[j], av), sc[j]);
+                    }
+                    let isum = _mm256_cvtepi32_ps(reduce8(&s));
+                    let da = _mm256_loadu_ps(acts.d.as_ptr().add(i));
+                    let sa = _mm256_loadu_ps(acts.sa.as_ptr().add(i));
+                    acc[r] = _mm256_fmadd_ps(isum, _mm256_mul_ps(d, da), acc[r]);
+                    mins[r] = _mm256_fmadd_ps(mw, sa, mins[r]);
+                }
+            }
+
+            #[target_feature(enable = $features)]
+            unsafe fn q4k<const R: usize>(w: *const u8, nb: usize, acts: &QuantizedActs, r0: usize, out: *mut f32, n: usize) {
+                let mut acc = [_mm256_setzero_ps(); R];
+                let mut mins = [_mm256_setzero_ps(); R];
+                for g in 0..nb / 8 {
+                    q4k_group::<R>(w.add(g * 144), acts, r0, g * 8, &mut acc, &mut mins);
+                }
+                for r in 0..R {
+                    *out.add((r0 + r) * n) = hsum(acc[r]) - hsum(mins[r]);
+                }
+            }
+
+            /// One Q6_K super-block (eight blocks) at `w` against rows r0..r0+R at block `b0`.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn q6k_group<const R: usize>(w: *const u8, acts: &QuantizedActs, r0: usize, b0: usize, acc: &mut [__m256; R]) {
+                let (ql, qh, scp) = (w, w.add(128), w.add(192) as *const i8);
+                let d = _mm256_set1_ps(f16_scalar(w.add(208)));
+                let (m4, m30, c32) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30), _mm256_set1_epi8(32));
+                let mut wq = [_mm256_setzero_si256(); 8];
+                for h in 0..2 {
+                    let l0 = _mm256_loadu_si256(ql.add(64 * h) as *const __m256i);
+                    let l1 = _mm256_loadu_si256(ql.add(64 * h + 32) as *const __m256i);
+                    let hb = _mm256_loadu_si256(qh.add(32 * h) as *const __m256i);
+                    // High bits 2t..2t+2 of qh moved to bits 4..6 of each byte (16-bit shifts
+                    // bring neighbour bits only into positions the mask clears).
+                    let h0 = _mm256_and_si256(_mm256_slli_epi16::<4>(hb), m30);
+                    let h1 = _mm256_and_si256(_mm256_slli_epi16::<2>(hb), m30);
+                    let h2 = _mm256_and_si256(hb, m30);
+                    let h3 = _mm256_and_si256(_mm256_srli_epi16::<2>(hb), m30);
+                    let q0 = _mm256_or_si256(_mm256_and_si256(l0, m4), h0);
+                    let q1 = _mm256_or_si256(_mm256_and_si256(l1, m4), h1);
+                    let q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l0), m4), h2);
+                    let q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l1), m4), h3);
+                    wq[4 * h] = _mm256_sub_epi8(q0, c32);
+                    wq[4 * h + 1] = _mm256_sub_epi8(q1, c32);
+                    wq[4 * h + 2] = _mm256_sub_epi8(q2, c32);
+                    wq[4 * h + 3] = _mm256_sub_epi8(q3, c32);
+                }
+                let mut sc = [_mm256_setzero_si256(); 8];
+                for (j, sc) in sc.iter_mut().enumerate() {
+                    let (lo, hi) = (*scp.add(2 * j) as i16, *scp.add(2 * j + 1) as i16);
+                    *sc = _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo));
+                }
+                for r in 0..R {
+                    let i = (r0 + r) * acts.nbp + b0;
+                    let a = acts.qs.as_ptr().add(i * QK);
+                    let mut s = [_mm256_setzero_si256(); 8];
+                    for j in 0..8 {
+                        let av = _mm256_loadu_si256(a.add(j * QK) as *const __m256i);
+                        // |q − 32| · (a with its sign) pairs (≤ 2·32·127), then × each half's scale.
+                        let p = _mm256_maddubs_epi16(_mm256_abs_epi8(wq[j]), _mm256_sign_epi8(av, wq[j]));
+                        s[j] = _mm256_madd_epi16(p, sc[j]);
+                    }
+                    let isum = _mm256_cvtepi32_ps(reduce8(&s));
+                    let da = _mm256_loadu_ps(acts.d.as_ptr().add(i));
+                    acc[r] = _mm256_fmadd_ps(isum, _mm256_mul_ps(d, da), acc[r]);
+                }
+            }
+
+            #[target_feature(enable = $features)]
+            unsafe fn q6k<const R: usize>(w: *const u8, nb: usize, acts: &QuantizedActs, r0: usize, out: *mut f32, n: usize) {
+                let mut acc = [_mm256_setzero_ps(); R];
+                for g in 0..nb / 8 {
+                    q6k_group::<R>(w.add(g * 210), acts, r0, g * 8, &mut acc);
+                }
+                for r in 0..R {
+                    *out.add((r0 + r) * n) = hsum(acc[r]);
+                }
+            }
+
+            /// # Safety
+            /// As `scalar::tile`; the CPU has this path's features.
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            pub(super) unsafe fn tile(
+                wt: WeightType,
+                w: *const u8,
+                stride: usize,
+                nb: usize,
+                cols: usize,
+                acts: &QuantizedActs,
+                out: *mut f32,
+                n: usize,
+            ) {
+                macro_rules! rows {
+                    ($kernel:ident, $w:expr, $out:expr, $r0:expr, $nr:expr) => {
+                        match $nr {
+                            1 => $kernel::<1>($w, nb, acts, $r0, $out, n),
+                            2 if MAX_R >= 2 => $kernel::<2>($w, nb, acts, $r0, $out, n),
+                            3 if MAX_R >= 3 => $kernel::<3>($w, nb, acts, $r0, $out, n),
+                            4 if MAX_R >= 4 => $kernel::<4>($w, nb, acts, $r0, $out, n),
+                            5 if MAX_R >= 5 => $kernel::<5>($w, nb, acts, $r0, $out, n),
+                            6 if MAX_R >= 6 => $kernel::<6>($w, nb, acts, $r0, $out, n),
+                            7 if MAX_R >= 7 => $kernel::<7>($w, nb, acts, $r0, $out, n),
+                            8 if MAX_R >= 8 => $kernel::<8>($w, nb, acts, $r0, $out, n),
+                            _ => unreachable!("row tiles hold 1..={MAX_R} rows"),
+                        }
+                    };
+                }
+                // One column (weight row) at a time, in memory order: a single sequential stream
+                // is what the hardware prefetchers follow best (interleaving four columns' rows
+                // halved the throughput from memory). Each weight block is loaded and unpacked
+                // once per tile of up to MAX_R activation rows; the row stays in L1 across tiles.
+                for c in 0..cols {
+                    let (w, out) = (w.add(c * stride), out.add(c));
+                    let mut r0 = 0;
+                    while r0 < acts.m {
+                        let rows = (acts.m - r0).min(MAX_R);
+                        match wt {
+                            WeightType::Q4_1 => rows!(q4_1, w, out, r0, rows),
+                            WeightType::Q8_0 => rows!(q8_0, w, out, r0, rows),
+                            WeightType::Q4K => rows!(q4k, w, out, r0, rows),
+                            WeightType::Q6K => rows!(q6k, w, out, r0, rows),
+                        }
+                        r0 += rows;
+                    }
+                }
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+x86_path!(avx2, "avx2,fma,f16c", dot_avx2, 4);
+#[cfg(target_arch = "x86_64")]
+x86_path!(vnni, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", dot_vnni, 8);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator (no dependency): uniform in [-1, 1).
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> f32 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+        fn byte(&mut self) -> u8 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (self.0 >> 56) as u8
+        }
+    }
+
+    /// Random weights of `wt` for `n` rows of `k` values: scales around 0.01, some negative
+    /// minimums, Q8_0 values over the whole i8 range (-128 included), random K-type scales.
+    fn random_weights(wt: WeightType, n: usize, k: usize, g: &mut Lcg) -> Vec<u8> {
+        let mut w = Vec::with_capacity(n * k / wt.block_values() * wt.block_bytes());
+        let f16_bytes = |v: f32| f16::from_f32(v).to_bits().to_le_bytes();
+        for _ in 0..n * k / wt.block_values() {
+            match wt {
+                WeightType::Q4_1 => {
+                    w.extend_from_slice(&f16_bytes(0.01 + 0.02 * g.next().abs()));
+                    w.extend_from_slice(&f16_bytes(-0.1 * g.next().abs()));
+                    (0..16).for_each(|_| w.push(g.byte()));
+                }
+                WeightType::Q8_0 => {
+                    w.extend_from_slice(&f16_bytes(0.01 + 0.02 * g.next().abs()));
+                    (0..32).for_each(|_| w.push(g.byte()));
+                }
+                WeightType::Q4K => {
+                    w.extend_from_slice(&f16_bytes(0.001 + 0.002 * g.next().abs()));
+                    w.extend_from_slice(&f16_bytes(0.001 + 0.002 * g.next().abs()));
+                    (0..140).for_each(|_| w.push(g.byte()));
+                }
+                WeightType::Q6K => {
+                    (0..208).for_each(|_| w.push(g.byte()));
+                    w.extend_from_slice(&f16_bytes(0.0005 + 0.001 * g.next().abs()));
+                }
+            }
+        }
+        w
+    }
+
+    /// Candle's own dequantization of the same bytes: an independent reading of ggml's layouts.
+    fn dequantize(wt: WeightType, w: &[u8], n: usize, k: usize) -> Vec<f64> {
+        let dev = Device::Cpu;
+        let storage = candle_core::quantized::QStorage::from_data(std::borrow::Cow::Borrowed(w), &dev, wt.ggml()).unwrap();
+        let t = QTensor::new(storage, (n, k)).unwrap().dequantize(&dev).unwrap();
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f64::from).collect()
+    }
+
+    /// Test shapes (n, k) for a type: ragged n, block counts not multiples of 8 where the type
+    /// allows them.
+    fn shapes(wt: WeightType) -> Vec<(usize, usize)> {
+        if wt.block_values() == QK {
+            vec![(1, 32), (3, 96), (13, 160), (5, 256), (6, 288), (37, 576), (64, 896), (130, 1536)]
+        } else {
+            vec![(1, 256), (3, 512), (13, 768), (37, 1536), (10, 4864)]
+        }
+    }
+
+    fn run(path: SimdPath, wt: WeightType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
+        let mut out = vec![f32::NAN; m * n];
+        matmul_on(path, wt, w, n, k, x, m, &mut out).unwrap();
+        out
+    }
+
+    /// Every path on this CPU gives the scalar path's bits, for ragged shapes (n not a multiple
+    /// of the 4-column tile, rows not a multiple of the row tile, odd block counts); the result
+    /// is within float rounding of an f64 product of the dequantized weights with the
+    /// dequantized 8-bit activations.
+    #[test]
+    fn every_path_equals_the_scalar_reference() {
+        let paths = available_paths();
+        eprintln!("paths on this CPU: {paths:?}");
+        let mut g = Lcg(7);
+        let mut worst = 0f64;
+        for wt in WeightType::ALL {
+            for (n, k) in shapes(wt) {
+                let w = random_weights(wt, n, k, &mut g);
+                let wf = dequantize(wt, &w, n, k);
+                for m in [1usize, 2, 3, 5, 7, 9, 11, 17] {
+                    let x: Vec<f32> = (0..m * k).map(|_| g.next() * 3.0).collect();
+                    let reference = run(SimdPath::Scalar, wt, &w, n, k, &x, m);
+                    for &path in &paths[1..] {
+                        let y = run(path, wt, &w, n, k, &x, m);
+                        let same = y.iter().zip(&reference).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{} {wt:?} n {n} k {k} m {m}: differs from the scalar path", path.name());
+                    }
+                    let acts = QuantizedActs::quantize(&x, m, k);
+                    for r in 0..m {
+                        for j in 0..n {
+                            let q = acts.row_values(r);
+                            let exact: f64 = (0..k).map(|i| wf[j * k + i] * q[i] as f64 * acts.d[r * acts.nbp + i / QK] as f64).sum();
+                            let scale: f64 = (0..k).map(|i| (wf[j * k + i] * x[r * k + i] as f64).abs()).sum();
+                            let diff = (reference[r * n + j] as f64 - exact).abs();
+                            worst = worst.max(diff / scale.max(1e-30));
+                            assert!(
+                                diff <= 1e-5 * scale + 1e-6,
+                                "{wt:?} n {n} k {k} m {m} ({r}, {j}): {} vs {exact}",
+                                reference[r * n + j]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        eprintln!("largest |kernel - f64 reference| / Σ|w·x|: {worst:.2e}");
+    }
+
+    /// The integer part is exact: with unit scales (the K types' sub-block scales kept, they are
+    /// integers), zero minimums and activations that quantize with scale 1 (each block's largest
+    /// magnitude is 127), every output is the integer dot product, on every path.
+    #[test]
+    fn integer_dot_products_are_exact() {
+        let mut g = Lcg(11);
+        let n = 9usize;
+        for wt in WeightType::ALL {
+            let k = if wt.block_values() == QK { 224 } else { 256 };
+            let mut w = random_weights(wt, n, k, &mut g);
+            let one = f16::ONE.to_bits().to_le_bytes();
+            let zero = f16::ZERO.to_bits().to_le_bytes();
+            for blk in w.chunks_exact_mut(wt.block_bytes()) {
+                match wt {
+                    WeightType::Q4_1 => {
+                        blk[..2].copy_from_slice(&one);
+                        blk[2..4].copy_from_slice(&zero);
+                    }
+                    WeightType::Q8_0 => blk[..2].copy_from_slice(&one),
+                    WeightType::Q4K => {
+                        blk[..2].copy_from_slice(&one);
+                        blk[2..4].copy_from_slice(&zero);
+                    }
+                    WeightType::Q6K => {
+                        // Scales within ±32, so the sums stay below 2^24 (exact in f32).
+                        blk[192..208].iter_mut().for_each(|s| *s = ((*s as i8) / 4) as u8);
+                        blk[208..].copy_from_slice(&one);
+                    }
+                }
+            }
+            let wi = dequantize(wt, &w, n, k);
+            let m = 5;
+            let small = if wt.block_values() == QK { 127 } else { 15 };
+            let mut x: Vec<f32> = (0..m * k).map(|_| ((g.byte() as i8) as i32 % (small + 1)) as f32).collect();
+            for blk in x.chunks_exact_mut(QK) {
+                blk[(g.byte() as usize) % QK] = if g.byte() & 1 == 0 { 127.0 } else { -127.0 };
+            }
+            for path in available_paths() {
+                let y = run(path, wt, &w, n, k, &x, m);
+                for r in 0..m {
+                    for j in 0..n {
+                        let exact: f64 = (0..k).map(|i| wi[j * k + i] * x[r * k + i] as f64).sum();
+                        assert_eq!(y[r * n + j] as f64, exact, "{} {wt:?} ({r}, {j})", path.name());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Row independence, the property the project's exactness rests on: each row of a call with
+    /// m = 1..=64 rows has the bits of that row computed alone, on every path.
+    #[test]
+    fn rows_do_not_depend_on_the_rows_around_them() {
+        let mut g = Lcg(3);
+        let n = 70usize;
+        for wt in WeightType::ALL {
+            let k = if wt.block_values() == QK { 576 } else { 512 };
+            let w = random_weights(wt, n, k, &mut g);
+            let x: Vec<f32> = (0..64 * k).map(|_| g.next()).collect();
+            for path in available_paths() {
+                let alone: Vec<Vec<f32>> = (0..64).map(|r| run(path, wt, &w, n, k, &x[r * k..(r + 1) * k], 1)).collect();
+                for m in [2usize, 3, 4, 5, 8, 9, 16, 33, 64] {
+                    let y = run(path, wt, &w, n, k, &x[..m * k], m);
+                    for (r, alone) in alone.iter().enumerate().take(m) {
+                        let row: Vec<u32> = y[r * n..(r + 1) * n].iter().map(|v| v.to_bits()).collect();
+                        let one: Vec<u32> = alone.iter().map(|v| v.to_bits()).collect();
+                        assert_eq!(row, one, "{} {wt:?}: row {r} of {m}", path.name());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Activation quantization: scale max|x|/127, ties to even, block sums.
+    #[test]
+    fn activations_quantize_like_llama_cpp() {
+        let mut x = vec![0f32; 64];
+        x[0] = 127.0;
+        x[1] = 0.5;
+        x[2] = 1.5;
+        x[3] = -2.5;
+        x[4] = -127.0;
+        let a = QuantizedActs::quantize(&x, 1, 64);
+        assert_eq!(&a.qs[..5], &[127, 0, 2, -2, -127]);
+        assert_eq!((a.nb, a.nbp), (2, 8));
+        assert_eq!(a.d, vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(a.sa, vec![0.0; 8]);
+        assert!(a.qs[32..].iter().all(|&q| q == 0) && a.qs.len() == 8 * 32);
+    }
+
+    /// The candle-facing entry point against candle's own quantized matmul: both are within
+    /// 8-bit activation rounding of the product with the dequantized weights; ours keeps the
+    /// activation scales in f32 (candle and llama.cpp round them to f16), so it is closer.
+    #[test]
+    fn qmatmul_matches_candle() {
+        let dev = Device::Cpu;
+        let n = 44usize;
+        let max_diff =
+            |a: &Tensor, b: &Tensor| -> f32 { (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap() };
+        for wt in WeightType::ALL {
+            let k = if wt.block_values() == QK { 384 } else { 512 };
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let q = QTensor::quantize(&w, wt.ggml()).unwrap();
+            assert!(covers(&q));
+            let x = Tensor::randn(0f32, 1.0, (2, 3, k), &dev).unwrap();
+            let ours = qmatmul(&q, &x).unwrap().unwrap();
+            assert_eq!(ours.dims(), &[2, 3, n]);
+            let dense = x.broadcast_matmul(&q.dequantize(&dev).unwrap().t().unwrap()).unwrap();
+            let theirs = candle_core::quantized::QMatMul::from_qtensor(q).unwrap();
+            let theirs = candle_core::Module::forward(&theirs, &x).unwrap();
+            let (d_ours, d_theirs) = (max_diff(&ours, &dense), max_diff(&theirs, &dense));
+            eprintln!("{wt:?}: |ours - dense| {d_ours:.4}, |candle - dense| {d_theirs:.4}");
+            assert!(d_ours < 1.0 && d_ours <= d_theirs * 1.5 + 1e-3, "{wt:?}: ours {d_ours}, candle {d_theirs}");
+        }
+        let q5 = QTensor::quantize(&Tensor::zeros((16, 256), DType::F32, &dev).unwrap(), GgmlDType::Q5K).unwrap();
+        assert!(!covers(&q5) && qmatmul(&q5, &Tensor::zeros((1, 256), DType::F32, &dev).unwrap()).unwrap().is_none());
+    }
+}

@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# llama.cpp's own decoding speed on the default models, next to decodebench's, on this machine.
+#
+#   scripts/llama-cpp-baseline.sh [MODEL...]        (default: every installed default model)
+#   scripts/llama-cpp-baseline.sh --build-only      (only step 1)
+#
+# 1. Builds llama.cpp once, from the llama.cpp sources vendored in the PyPI sdist of
+#    llama-cpp-python (`pip download`; PyPI is the only thing contacted), into
+#    ${DECODEBENCH_HOME:-~/.cache/decodebench}/llama.cpp/ — never into the repository. Only the
+#    two tools used here are built (llama-bench, llama-speculative-simple), for this CPU
+#    (GGML_NATIVE). cmake and scikit-build-core (which pip needs to read the sdist) come from
+#    PyPI wheels into a virtualenv there. About 4 minutes on 2 cores; later runs reuse it.
+# 2. Prints a Markdown table per model: its main weight types, llama.cpp's tg128 tokens/s
+#    (`llama-bench -p 0 -n 128`), decodebench's greedy tokens/s (`decodebench generate --json`,
+#    field tokens_per_s, 128 new tokens) and their ratio.
+# 3. For the Qwen pair (target qwen2.5-coder-1.5b, draft qwen2.5-coder-0.5b): the speedup of
+#    llama.cpp's `llama-speculative-simple` (draft-max $GAMMA) over its own plain decoding, next
+#    to decodebench's speculative decoding (--gamma $GAMMA) over its greedy decoding.
+#
+# Environment: THREADS (default: nproc), GAMMA (4), N (128 new tokens), DECODEBENCH (the
+# binary; default target/release/decodebench, built with `cargo build --release` if missing),
+# DECODEBENCH_HOME, DECODEBENCH_PIP (default `python3 -m pip`), LLAMA_CPP_PYTHON_VERSION
+# (0.3.36). Timings on a shared machine are noisy: the table says what ran when.
+set -euo pipefail
+
+VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
+HOME_DIR=${DECODEBENCH_HOME:-$HOME/.cache/decodebench}
+LC=$HOME_DIR/llama.cpp
+THREADS=${THREADS:-$(nproc)}
+GAMMA=${GAMMA:-4}
+N=${N:-128}
+PIP=${DECODEBENCH_PIP:-python3 -m pip}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DB=${DECODEBENCH:-$ROOT/target/release/decodebench}
+PROMPT="Write a Python function that checks whether a string is a palindrome, with a docstring and two examples."
+SRC=$LC/src-$VERSION
+BUILD=$LC/build-$VERSION
+BIN=$BUILD/bin
+
+log() { echo "llama-cpp-baseline: $*" >&2; }
+
+build_llama_cpp() {
+    if [[ -x $BIN/llama-bench && -x $BIN/llama-speculative-simple ]]; then
+        log "llama.cpp build found in $BUILD"
+        return
+    fi
+    # Build tools from PyPI wheels in a virtualenv of our own: cmake (when the system has none)
+    # and scikit-build-core, the sdist's build backend, which pip needs to read the sdist's
+    # metadata. (`--no-binary :all:` would make pip compile cmake itself from source.)
+    if [[ ! -x $LC/venv/bin/python ]]; then
+        log "creating $LC/venv (cmake, scikit-build-core from PyPI wheels)"
+        python3 -m venv "$LC/venv"
+    fi
+    "$LC/venv/bin/python" -m pip install --quiet --disable-pip-version-check cmake scikit-build-core
+    local cmake=cmake
+    command -v cmake >/dev/null || cmake=$LC/venv/bin/cmake
+    mkdir -p "$LC/download"
+    if [[ ! -f $SRC/vendor/llama.cpp/CMakeLists.txt ]]; then
+        log "downloading the llama-cpp-python $VERSION sdist (llama.cpp sources)"
+        "$LC/venv/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+            --no-binary llama-cpp-python "llama-cpp-python==$VERSION" -d "$LC/download"
+        local sdist
+        sdist=$(ls "$LC/download"/llama_cpp_python-"$VERSION".tar.gz 2>/dev/null || ls "$LC/download"/llama-cpp-python-"$VERSION".tar.gz)
+        rm -rf "$SRC" && mkdir -p "$SRC"
+        tar -xzf "$sdist" -C "$SRC" --strip-components=1
+    fi
+    log "building llama-bench and llama-speculative-simple (GGML_NATIVE=ON, -j $(nproc)); log in $LC/cmake-build.log"
+    "$cmake" -S "$SRC/vendor/llama.cpp" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
+        -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF \
+        -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF >"$LC/cmake-configure.log" 2>&1 \
+        || { tail -30 "$LC/cmake-configure.log" >&2; exit 1; }
+    "$cmake" --build "$BUILD" --target llama-bench llama-speculative-simple -j "$(nproc)" >"$LC/cmake-build.log" 2>&1 \
+        || { tail -30 "$LC/cmake-build.log" >&2; exit 1; }
+}
+
+# NAME PATH per installed default model, from `decodebench models list`.
+installed_models() {
+    "$DB" models list | awk 'NR > 1 && $5 == "yes" { print $1, $6 }'
+}
+
+# Main weight types of a GGUF file (matrices per type), from its header.
+weight_types() {
+    python3 - "$1" <<'EOF'
+import struct, sys, collections
+T = {0: 'F32', 1: 'F16', 2: 'Q4_0', 3: 'Q4_1', 6: 'Q5_0', 7: 'Q5_1', 8: 'Q8_0', 10: 'Q2_K', 11: 'Q3_K',
+     12: 'Q4_K', 13: 'Q5_K', 14: 'Q6_K', 15: 'Q8_K', 30: 'BF16'}
+f = open(sys.argv[1], 'rb')
+def rd(fmt): return struct.unpack('<' + fmt, f.read(struct.calcsize('<' + fmt)))
+def rstr(): return f.read(rd('Q')[0])
+def skip(t):
+    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+    if t in sizes: f.read(sizes[t])
+    elif t == 8: rstr()
+    elif t == 9:
+        at, n = rd('IQ')
+        for _ in range(n): skip(at)
+f.read(4); _, nt, nkv = rd('IQQ')
+for _ in range(nkv):
+    rstr(); skip(rd('I')[0])
+c = collections.Counter()
+for _ in range(nt):
+    rstr(); nd = rd('I')[0]; rd('Q' * nd); t = rd('IQ')[0]
+    if nd == 2: c[T.get(t, str(t))] += 1
+print(', '.join(f'{k} ×{v}' for k, v in c.most_common()))
+EOF
+}
+
+# llama.cpp tg$N tokens/s.
+llama_tg() {
+    "$BIN/llama-bench" -m "$1" -p 0 -n "$N" -t "$THREADS" -r 3 -o json 2>/dev/null \
+        | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"{r[0][\"avg_ts\"]:.1f}")'
+}
+
+# decodebench tokens/s for `generate ARGS...` (greedy unless ARGS say otherwise).
+db_tps() {
+    "$DB" generate --prompt "$PROMPT" --max-new-tokens "$N" --json "$@" 2>/dev/null \
+        | python3 -c 'import json,sys; d=json.load(sys.stdin); print(f"{d[\"tokens_per_s\"]:.1f} {d[\"new_tokens\"]} {d.get(\"mean_accepted_tokens\", 0):.2f}")'
+}
+
+# llama-speculative-simple: decoding tokens/s of the target alone and with the draft. Its log
+# prints "decoded N tokens in T seconds, speed: S t/s" for the whole run.
+llama_spec() {
+    local target=$1 draft=$2 out
+    out=$("$BIN/llama-speculative-simple" -m "$target" -md "$draft" -p "$PROMPT" -n "$N" -t "$THREADS" -td "$THREADS" \
+        --draft-max "$GAMMA" --draft-min 0 --temp 0 -c 2048 -cd 2048 --seed 1 2>&1 || true)
+    echo "$out" | python3 -c '
+import re, sys
+t = sys.stdin.read()
+speed = re.findall(r"decoded\s+(\d+)\s+tokens in\s+([\d.]+)\s+seconds, speed:\s+([\d.]+)\s+t/s", t)
+acc = re.findall(r"accept\s*=\s*([\d.]+)%", t)
+print(speed[-1][2] if speed else "n/a", acc[-1] if acc else "n/a")'
+}
+
+main() {
+    build_llama_cpp
+    if [[ ${1:-} == --build-only ]]; then
+        return
+    fi
+    if [[ ! -x $DB ]]; then
+        log "building decodebench (cargo build --release)"
+        (cd "$ROOT" && cargo build --release --quiet)
+    fi
+    local cpu simd
+    cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+    simd=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx|avx2|fma|f16c|avx512f|avx512bw|avx512vl|avx512_vnni|avx512_bf16|avx_vnni)$' | tr '\n' ' ')
+    echo "## llama.cpp (llama-cpp-python $VERSION sdist, GGML_NATIVE) vs decodebench"
+    echo
+    echo "CPU: $cpu, $(nproc) threads available, $THREADS used; SIMD: $simd"
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'); load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo
+    echo "| model | main weight types | llama.cpp tg$N tok/s | decodebench greedy tok/s | ratio |"
+    echo "| --- | --- | ---: | ---: | ---: |"
+    declare -A PATHS
+    while read -r name path; do
+        PATHS[$name]=$path
+        if [[ $# -gt 0 && ! " $* " == *" $name "* ]]; then continue; fi
+        local lt db
+        lt=$(llama_tg "$path")
+        db=$(db_tps --model "$name" | cut -d' ' -f1)
+        echo "| $name | $(weight_types "$path") | $lt | $db | $(python3 -c "print(f'{$db / $lt:.2f}x')") |"
+    done < <(installed_models)
+    local t=qwen2.5-coder-1.5b d=qwen2.5-coder-0.5b
+    if [[ -n ${PATHS[$t]:-} && -n ${PATHS[$d]:-} ]]; then
+        echo
+        echo "Speculative decoding, target $t, draft $d, $GAMMA draft tokens per step, greedy:"
+        echo
+        echo "| engine | plain tok/s | speculative tok/s | speedup | acceptance |"
+        echo "| --- | ---: | ---: | ---: | --- |"
+        local plain spec acc
+        plain=$(llama_tg "${PATHS[$t]}")
+        read -r spec acc < <(llama_spec "${PATHS[$t]}" "${PATHS[$d]}")
+        echo "| llama.cpp (llama-bench tg$N; llama-speculative-simple --draft-max $GAMMA) | $plain | $spec | $(python3 -c "print(f'{$spec / $plain:.2f}x')" 2>/dev/null || echo n/a) | $acc% of drafted tokens |"
+        local g s
+        g=$(db_tps --model "$t")
+        s=$(db_tps --model "$t" --strategy speculative --draft "$d" --gamma "$GAMMA")
+        echo "| decodebench (greedy; --strategy speculative --gamma $GAMMA) | ${g%% *} | ${s%% *} | $(python3 -c "print(f'{${s%% *} / ${g%% *}:.2f}x')") | $(echo "$s" | cut -d' ' -f3) tokens per target forward |"
+    fi
+    echo
+    echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+
+main "$@"
