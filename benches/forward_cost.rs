@@ -102,6 +102,9 @@ fn medusa_tree(n: usize) -> Vec<Option<usize>> {
     parents
 }
 
+/// A family of blocks to measure: its name, how to build one of N tokens, and the sizes.
+type BlockKind<'a> = (&'a str, fn(usize, usize) -> Block, &'a [usize]);
+
 /// One block to measure: tokens, positions and attention.
 struct Block {
     tokens: Vec<u32>,
@@ -251,7 +254,7 @@ fn bench_model(c: &mut Criterion, rec: &Recorder, name: &str) -> Result<()> {
 
     let mut group = c.benchmark_group(name);
     group.sampling_mode(SamplingMode::Flat);
-    let kinds: [(&str, fn(usize, usize) -> Block, &[usize]); 2] = [("tree", Block::tree, &SIZES), ("chain", Block::chain, &CHAIN_SIZES)];
+    let kinds: [BlockKind; 2] = [("tree", Block::tree, &SIZES), ("chain", Block::chain, &CHAIN_SIZES)];
     for (kind, make, sizes) in kinds {
         for &n in sizes {
             let block = make(n, vocab);

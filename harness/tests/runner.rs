@@ -23,8 +23,11 @@ fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// One turn without its timings: number, tokens, text, NLL (printed to 9 digits).
+type TurnContent = (usize, Vec<u32>, String, Option<String>);
+
 /// What a unit produced, timings left out: the rows two runs of one config must share.
-fn content(dir: &Path) -> BTreeMap<String, Vec<(usize, Vec<u32>, String, Option<String>)>> {
+fn content(dir: &Path) -> BTreeMap<String, Vec<TurnContent>> {
     let set = read_records(dir).unwrap();
     assert!(!set.torn_tail, "{}: torn record", dir.display());
     let mut out = BTreeMap::new();
