@@ -17,7 +17,7 @@
 #    llama.cpp's `llama-speculative-simple` (draft-max $GAMMA) over its own plain decoding, next
 #    to decodebench's speculative decoding (--gamma $GAMMA) over its greedy decoding.
 #
-# Environment: THREADS (default: nproc), GAMMA (4), N (128 new tokens), DECODEBENCH (the
+# Environment: THREADS (default: nproc; both engines use that many), GAMMA (4), N (128 new tokens), DECODEBENCH (the
 # binary; default target/release/decodebench, built with `cargo build --release` if missing),
 # DECODEBENCH_HOME, DECODEBENCH_PIP (default `python3 -m pip`), LLAMA_CPP_PYTHON_VERSION
 # (0.3.36). Timings on a shared machine are noisy: the table says what ran when.
@@ -27,12 +27,22 @@ VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
 HOME_DIR=${DECODEBENCH_HOME:-$HOME/.cache/decodebench}
 LC=$HOME_DIR/llama.cpp
 THREADS=${THREADS:-$(nproc)}
+# decodebench uses the same number of threads (candle's pool and rayon's).
+export CANDLE_NUM_THREADS=$THREADS RAYON_NUM_THREADS=$THREADS
 GAMMA=${GAMMA:-4}
 N=${N:-128}
 PIP=${DECODEBENCH_PIP:-python3 -m pip}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DB=${DECODEBENCH:-$ROOT/target/release/decodebench}
 PROMPT="Write a Python function that checks whether a string is a palindrome, with a docstring and two examples."
+# The same request in ChatML (the Qwen models' template), given raw to both engines for the
+# speculative runs so that both decode the same text.
+CHATML="<|im_start|>system
+You are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>
+<|im_start|>user
+$PROMPT<|im_end|>
+<|im_start|>assistant
+"
 SRC=$LC/src-$VERSION
 BUILD=$LC/build-$VERSION
 BIN=$BUILD/bin
@@ -74,9 +84,14 @@ build_llama_cpp() {
         || { tail -30 "$LC/cmake-build.log" >&2; exit 1; }
 }
 
-# NAME PATH per installed default model, from `decodebench models list`.
+# NAME PATH per installed default model, from `decodebench models list --json` (or, from a
+# build without --json, the table: INSTALLED and PATH are its last two columns).
 installed_models() {
-    "$DB" models list | awk 'NR > 1 && $5 == "yes" { print $1, $6 }'
+    if "$DB" models list --json >/dev/null 2>&1; then
+        "$DB" models list --json | python3 -c 'import json,sys; [print(m["name"], m["path"]) for m in json.load(sys.stdin) if m["installed"]]'
+    else
+        "$DB" models list | awk 'NR > 1 && $(NF-1) == "yes" { print $1, $NF }'
+    fi
 }
 
 # Main weight types of a GGUF file (matrices per type), from its header.
@@ -109,21 +124,25 @@ EOF
 # llama.cpp tg$N tokens/s.
 llama_tg() {
     "$BIN/llama-bench" -m "$1" -p 0 -n "$N" -t "$THREADS" -r 3 -o json 2>/dev/null \
-        | python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"{r[0][\"avg_ts\"]:.1f}")'
+        | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%.1f" % r[0]["avg_ts"])'
 }
 
-# decodebench tokens/s for `generate ARGS...` (greedy unless ARGS say otherwise).
+# decodebench tokens/s for `generate ARGS...` (greedy unless ARGS say otherwise; the prompt in
+# the model's chat template, or $CHATML raw with DB_RAW=1).
 db_tps() {
-    "$DB" generate --prompt "$PROMPT" --max-new-tokens "$N" --json "$@" 2>/dev/null \
-        | python3 -c 'import json,sys; d=json.load(sys.stdin); print(f"{d[\"tokens_per_s\"]:.1f} {d[\"new_tokens\"]} {d.get(\"mean_accepted_tokens\", 0):.2f}")'
+    local prompt=(--prompt "$PROMPT")
+    [[ ${DB_RAW:-0} == 1 ]] && prompt=(--raw --prompt "$CHATML")
+    "$DB" generate "${prompt[@]}" --max-new-tokens "$N" --json "$@" 2>/dev/null \
+        | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.1f %d %.2f" % (d["tokens_per_s"], d["new_tokens"], d.get("mean_accepted_tokens", 0)))'
 }
 
-# llama-speculative-simple: decoding tokens/s of the target alone and with the draft. Its log
-# prints "decoded N tokens in T seconds, speed: S t/s" for the whole run.
+# llama-speculative-simple (draft model, greedy): decoding tokens/s and the share of drafted
+# tokens accepted. Its log prints "decoded N tokens in T seconds, speed: S t/s" and
+# "accept = P%".
 llama_spec() {
     local target=$1 draft=$2 out
-    out=$("$BIN/llama-speculative-simple" -m "$target" -md "$draft" -p "$PROMPT" -n "$N" -t "$THREADS" -td "$THREADS" \
-        --draft-max "$GAMMA" --draft-min 0 --temp 0 -c 2048 -cd 2048 --seed 1 2>&1 || true)
+    out=$("$BIN/llama-speculative-simple" -m "$target" -md "$draft" --spec-type draft-simple -p "$CHATML" -n "$N" \
+        -t "$THREADS" -td "$THREADS" --spec-draft-n-max "$GAMMA" --spec-draft-n-min 0 --temp 0 -c 2048 --seed 1 2>&1 || true)
     echo "$out" | python3 -c '
 import re, sys
 t = sys.stdin.read()
@@ -170,10 +189,10 @@ main() {
         local plain spec acc
         plain=$(llama_tg "${PATHS[$t]}")
         read -r spec acc < <(llama_spec "${PATHS[$t]}" "${PATHS[$d]}")
-        echo "| llama.cpp (llama-bench tg$N; llama-speculative-simple --draft-max $GAMMA) | $plain | $spec | $(python3 -c "print(f'{$spec / $plain:.2f}x')" 2>/dev/null || echo n/a) | $acc% of drafted tokens |"
+        echo "| llama.cpp (llama-bench tg$N; llama-speculative-simple --spec-draft-n-max $GAMMA) | $plain | $spec | $(python3 -c "print(f'{$spec / $plain:.2f}x')" 2>/dev/null || echo n/a) | $acc% of drafted tokens |"
         local g s
-        g=$(db_tps --model "$t")
-        s=$(db_tps --model "$t" --strategy speculative --draft "$d" --gamma "$GAMMA")
+        g=$(DB_RAW=1 db_tps --model "$t")
+        s=$(DB_RAW=1 db_tps --model "$t" --strategy speculative --draft "$d" --gamma "$GAMMA")
         echo "| decodebench (greedy; --strategy speculative --gamma $GAMMA) | ${g%% *} | ${s%% *} | $(python3 -c "print(f'{${s%% *} / ${g%% *}:.2f}x')") | $(echo "$s" | cut -d' ' -f3) tokens per target forward |"
     fi
     echo
