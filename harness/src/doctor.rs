@@ -170,7 +170,7 @@ impl fmt::Display for Report {
             f,
             "kernels    quantized matmul (Q4_1, Q8_0, Q4_K, Q6_K): {} path{}",
             self.kernel_path,
-            if crate::models::transformer::own_kernels_default() { "" } else { " (off: set DECODEBENCH_KERNELS=own to use them)" }
+            if crate::models::transformer::own_kernels_default() { "" } else { " (off: DECODEBENCH_KERNELS=candle)" }
         )?;
         match &self.bandwidth {
             Some(b) => writeln!(

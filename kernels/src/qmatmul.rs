@@ -7,10 +7,11 @@
 //! `d = max|x| / 127`, values `round(x / d)` ties to even, and for Q4_1's offset the block sum
 //! `d · Σq`). One output is then, for weight row `j` and activation row `r`:
 //!
-//! - per block `b` of 32 values: an integer `S_b` (exact in i32): `Σ q_i · a_i` for Q4_1 and
-//!   Q8_0, times the 6-bit sub-block scale for Q4_K, and for Q6_K the sum over its two 16-value
+//! - per block `b` of 32 values: an integer `S_b` (exact in i32): `Σ q_i · a_i` for Q4_1, Q8_0
+//!   and Q4_K, and for Q6_K the sum over its two 16-value
 //!   halves of scale × `Σ (q_i − 32) · a_i`; then in f32, in lane `l = b mod 8`:
-//!   `acc[l] = fma(S_b, d_w · d_a, acc[l])` (`d_w` the block's or super-block's scale);
+//!   `acc[l] = fma(S_b, d_w · d_a, acc[l])` (`d_w` the block's scale; for Q4_K the super-block's
+//!   `d` times the 6-bit sub-block scale, exact in f32; for Q6_K the super-block's `d`);
 //! - Q4_1 and Q4_K, likewise: `mins[l] = fma(m_w, d_a · Σa, mins[l])` (`m_w = dmin · m` for
 //!   Q4_K);
 //! - at the end `h(acc)`, plus `h(mins)` for Q4_1, minus it for Q4_K, with the fixed reduction
@@ -190,6 +191,8 @@ pub struct QuantizedActs {
     pub d: Vec<f32>,
     /// `d · Σq` per block (Q4_1's offset term).
     pub sa: Vec<f32>,
+    /// `Σq` of each 16-value half of each block (`2 · m · nbp`): Q6_K's `−32` offset.
+    pub hs: Vec<i16>,
 }
 
 impl QuantizedActs {
@@ -198,19 +201,29 @@ impl QuantizedActs {
         assert!(k.is_multiple_of(QK) && x.len() == m * k, "quantize: {} values for {m} rows of {k}", x.len());
         let nb = k / QK;
         let nbp = nb.div_ceil(8) * 8;
-        let mut acts = QuantizedActs { m, nb, nbp, qs: vec![0; m * nbp * QK], d: vec![0.0; m * nbp], sa: vec![0.0; m * nbp] };
-        let (qs, d, sa) = (SyncPtr(acts.qs.as_mut_ptr()), SyncPtr(acts.d.as_mut_ptr()), SyncPtr(acts.sa.as_mut_ptr()));
+        let mut acts = QuantizedActs {
+            m,
+            nb,
+            nbp,
+            qs: vec![0; m * nbp * QK],
+            d: vec![0.0; m * nbp],
+            sa: vec![0.0; m * nbp],
+            hs: vec![0; 2 * m * nbp],
+        };
+        let (qs, d, sa, hs) =
+            (SyncPtr(acts.qs.as_mut_ptr()), SyncPtr(acts.d.as_mut_ptr()), SyncPtr(acts.sa.as_mut_ptr()), SyncPtr(acts.hs.as_mut_ptr()));
         let rows = |rows: std::ops::Range<usize>| {
             for r in rows {
                 // SAFETY: each row's slices are disjoint and within the buffers above.
-                let (qs, d, sa) = unsafe {
+                let (qs, d, sa, hs) = unsafe {
                     (
                         std::slice::from_raw_parts_mut(qs.get().add(r * nbp * QK), k),
                         std::slice::from_raw_parts_mut(d.get().add(r * nbp), nb),
                         std::slice::from_raw_parts_mut(sa.get().add(r * nbp), nb),
+                        std::slice::from_raw_parts_mut(hs.get().add(2 * r * nbp), 2 * nb),
                     )
                 };
-                quantize_row(&x[r * k..(r + 1) * k], qs, d, sa);
+                quantize_row(&x[r * k..(r + 1) * k], qs, d, sa, hs);
             }
         };
         if m < 8 {
@@ -227,19 +240,22 @@ impl QuantizedActs {
     }
 }
 
-fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], sa: &mut [f32]) {
+fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], sa: &mut [f32], hs: &mut [i16]) {
     for (b, (xs, qs)) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).enumerate() {
         let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
         let scale = amax / 127.0;
         let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-        let mut sum = 0i32;
-        for (q, &v) in qs.iter_mut().zip(xs) {
+        let mut half = [0i32; 2];
+        for (i, (q, &v)) in qs.iter_mut().zip(xs).enumerate() {
             let r = (v * inv).round_ties_even();
             *q = r as i8;
-            sum += r as i32;
+            half[i / 16] += r as i32;
         }
         d[b] = scale;
-        sa[b] = scale * sum as f32;
+        sa[b] = scale * (half[0] + half[1]) as f32;
+        // |Σ| ≤ 16 · 127: fits i16.
+        hs[2 * b] = half[0] as i16;
+        hs[2 * b + 1] = half[1] as i16;
     }
 }
 
@@ -400,9 +416,9 @@ mod scalar {
                 // 32-byte chunk j / 2: low nibbles are block 2c, high nibbles block 2c + 1.
                 let chunk = &blk[16 + 32 * (j / 2)..16 + 32 * (j / 2 + 1)];
                 let v = chunk.iter().map(|&q| if j % 2 == 0 { (q & 0x0f) as i32 } else { (q >> 4) as i32 });
-                let s = dot(&mut { v }, a) * sc as i32;
                 let (d, dmin) = (f16_at(blk.as_ptr()), f16_at(blk[2..].as_ptr()));
-                (s, d, dmin * m as f32)
+                // d · sc is exact in f32 (an f16 times a 6-bit integer).
+                (dot(&mut { v }, a), d * sc as f32, dmin * m as f32)
             }
             WeightType::Q6K => {
                 let (sb, j) = (b / 8, b % 8);
@@ -469,6 +485,28 @@ fn scale_min_k4(j: usize, s: &[u8; 12]) -> (u8, u8) {
     } else {
         ((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
     }
+}
+
+/// All eight 6-bit scales and minimums of a Q4_K super-block, byte j for sub-block j, unpacked
+/// with word operations (the SIMD paths' form of [`scale_min_k4`]). Bytes 0..4 hold the low 6 bits of scales 0..3 and bytes 4..8 those of
+/// minimums 0..3; bytes 8..12 hold the low 4 bits of scales 4..7 (low nibbles) and minimums 4..7
+/// (high nibbles), whose top 2 bits are the top bits of bytes 0..4 and 4..8.
+#[inline]
+fn scales_mins_k4(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let word = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (a, b, c) = (word(0), word(1), word(2));
+    let sc = [a & LOW6, (c & LOW4) | (((a >> 6) & LOW2) << 4)];
+    let mn = [b & LOW6, ((c >> 4) & LOW4) | (((b >> 6) & LOW2) << 4)];
+    let bytes = |v: [u32; 2]| {
+        let mut out = [0u8; 8];
+        out[..4].copy_from_slice(&v[0].to_le_bytes());
+        out[4..].copy_from_slice(&v[1].to_le_bytes());
+        out
+    };
+    (bytes(sc), bytes(mn))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -650,17 +688,11 @@ macro_rules! x86_path {
                 acc: &mut [__m256; R],
                 mins: &mut [__m256; R],
             ) {
-                let d = _mm256_set1_ps(f16_scalar(w));
-                let dmin = _mm256_set1_ps(f16_scalar(w.add(2)));
-                let scales = &*(w.add(4) as *const [u8; 12]);
-                let mut sc = [_mm256_setzero_si256(); 8];
-                let mut mn = [0i32; 8];
-                for j in 0..8 {
-                    let (s, m) = scale_min_k4(j, scales);
-                    sc[j] = _mm256_set1_epi16(s as i16);
-                    mn[j] = m as i32;
-                }
-                let mw = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_loadu_si256(mn.as_ptr() as *const __m256i)));
+                let (sc, mn) = scales_mins_k4(&*(w.add(4) as *const [u8; 12]));
+                let to_f32 = |v: [u8; 8]| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(i64::from_le_bytes(v))));
+                // Lane j: d · sc_j (exact) and dmin · m_j.
+                let dw = _mm256_mul_ps(_mm256_set1_ps(f16_scalar(w)), to_f32(sc));
+                let mw = _mm256_mul_ps(_mm256_set1_ps(f16_scalar(w.add(2))), to_f32(mn));
                 let mask = _mm256_set1_epi8(0x0f);
                 let mut wv = [_mm256_setzero_si256(); 8];
                 for c in 0..4 {
@@ -673,14 +705,13 @@ macro_rules! x86_path {
                     let a = acts.qs.as_ptr().add(i * QK);
                     let mut s = [_mm256_setzero_si256(); 8];
                     for j in 0..8 {
-                        let av = _mm256_loadu_si256(a.add(j * QK) as *const __m256i);
-                        // nibble × activation pairs (≤ 2·15·127), then × the 6-bit scale.
-                        s[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(wv[j], av), sc[j]);
+                        // Nibbles (u8) × activations (i8).
+                        s[j] = $dot(wv[j], _mm256_loadu_si256(a.add(j * QK) as *const __m256i));
                     }
                     let isum = _mm256_cvtepi32_ps(reduce8(&s));
                     let da = _mm256_loadu_ps(acts.d.as_ptr().add(i));
                     let sa = _mm256_loadu_ps(acts.sa.as_ptr().add(i));
-                    acc[r] = _mm256_fmadd_ps(isum, _mm256_mul_ps(d, da), acc[r]);
+                    acc[r] = _mm256_fmadd_ps(isum, _mm256_mul_ps(dw, da), acc[r]);
                     mins[r] = _mm256_fmadd_ps(mw, sa, mins[r]);
                 }
             }
@@ -701,9 +732,11 @@ macro_rules! x86_path {
             #[target_feature(enable = $features)]
             #[inline]
             unsafe fn q6k_group<const R: usize>(w: *const u8, acts: &QuantizedActs, r0: usize, b0: usize, acc: &mut [__m256; R]) {
-                let (ql, qh, scp) = (w, w.add(128), w.add(192) as *const i8);
+                let (ql, qh, scp) = (w, w.add(128), w.add(192));
                 let d = _mm256_set1_ps(f16_scalar(w.add(208)));
-                let (m4, m30, c32) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30), _mm256_set1_epi8(32));
+                let (m4, m30) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30));
+                // The unsigned 6-bit values q; the −32 is applied once per row below, through the
+                // activations' half sums.
                 let mut wq = [_mm256_setzero_si256(); 8];
                 for h in 0..2 {
                     let l0 = _mm256_loadu_si256(ql.add(64 * h) as *const __m256i);
@@ -715,19 +748,22 @@ macro_rules! x86_path {
                     let h1 = _mm256_and_si256(_mm256_slli_epi16::<2>(hb), m30);
                     let h2 = _mm256_and_si256(hb, m30);
                     let h3 = _mm256_and_si256(_mm256_srli_epi16::<2>(hb), m30);
-                    let q0 = _mm256_or_si256(_mm256_and_si256(l0, m4), h0);
-                    let q1 = _mm256_or_si256(_mm256_and_si256(l1, m4), h1);
-                    let q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l0), m4), h2);
-                    let q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l1), m4), h3);
-                    wq[4 * h] = _mm256_sub_epi8(q0, c32);
-                    wq[4 * h + 1] = _mm256_sub_epi8(q1, c32);
-                    wq[4 * h + 2] = _mm256_sub_epi8(q2, c32);
-                    wq[4 * h + 3] = _mm256_sub_epi8(q3, c32);
+                    wq[4 * h] = _mm256_or_si256(_mm256_and_si256(l0, m4), h0);
+                    wq[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, m4), h1);
+                    wq[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l0), m4), h2);
+                    wq[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(l1), m4), h3);
                 }
+                // The sixteen i8 scales as i16, in half order (sc[2j + i]: half i of block j).
+                let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scp as *const __m128i));
+                // Block j's pair: sc[2j] across the low 128 bits (the maddubs sums of values
+                // 0..16), sc[2j + 1] across the high ones, picked by byte shuffles from a copy of
+                // scales 0..8 (blocks 0..4) or 8..16 (blocks 4..8) in both lanes.
+                let halves = [_mm256_permute2x128_si256::<0x00>(sc16, sc16), _mm256_permute2x128_si256::<0x11>(sc16, sc16)];
                 let mut sc = [_mm256_setzero_si256(); 8];
                 for (j, sc) in sc.iter_mut().enumerate() {
-                    let (lo, hi) = (*scp.add(2 * j) as i16, *scp.add(2 * j + 1) as i16);
-                    *sc = _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo));
+                    let b = 4 * (j % 4) as i16;
+                    let pick = _mm256_set_m128i(_mm_set1_epi16(((b + 3) << 8) | (b + 2)), _mm_set1_epi16(((b + 1) << 8) | b));
+                    *sc = _mm256_shuffle_epi8(halves[j / 4], pick);
                 }
                 for r in 0..R {
                     let i = (r0 + r) * acts.nbp + b0;
@@ -735,11 +771,13 @@ macro_rules! x86_path {
                     let mut s = [_mm256_setzero_si256(); 8];
                     for j in 0..8 {
                         let av = _mm256_loadu_si256(a.add(j * QK) as *const __m256i);
-                        // |q − 32| · (a with its sign) pairs (≤ 2·32·127), then × each half's scale.
-                        let p = _mm256_maddubs_epi16(_mm256_abs_epi8(wq[j]), _mm256_sign_epi8(av, wq[j]));
-                        s[j] = _mm256_madd_epi16(p, sc[j]);
+                        // q · a pairs (≤ 2·63·127), then × each half's scale.
+                        s[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(wq[j], av), sc[j]);
                     }
-                    let isum = _mm256_cvtepi32_ps(reduce8(&s));
+                    // Lane j: Σ over block j's halves of sc · Σa, times 32: the offset's share.
+                    let hs = _mm256_loadu_si256(acts.hs.as_ptr().add(2 * i) as *const __m256i);
+                    let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(sc16, hs));
+                    let isum = _mm256_cvtepi32_ps(_mm256_sub_epi32(reduce8(&s), offset));
                     let da = _mm256_loadu_ps(acts.d.as_ptr().add(i));
                     acc[r] = _mm256_fmadd_ps(isum, _mm256_mul_ps(d, da), acc[r]);
                 }

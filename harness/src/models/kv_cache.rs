@@ -55,7 +55,11 @@ impl KvCache {
             candle_core::bail!("KV cache holds {} rows, block has {batch}", self.batch());
         }
         if !same_batch || needed > self.capacity() {
-            let capacity = needed.max(2 * self.capacity()).next_multiple_of(GROWTH);
+            // Doubling amortises growth within a sequence; a new batch size (the cache is empty
+            // then) starts from what it needs, or a run alternating beam search with one-row
+            // strategies would double the buffers at every switch.
+            let grown = if same_batch { needed.max(2 * self.capacity()) } else { needed };
+            let capacity = grown.next_multiple_of(GROWTH);
             let mut shape = k.dims().to_vec();
             shape[self.seq_dim] = capacity;
             let new_k = Tensor::zeros(shape.as_slice(), k.dtype(), k.device())?;
@@ -114,5 +118,38 @@ impl KvCache {
             self.v = Some(v.index_select(&idx, 0)?);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn block(batch: usize, n: usize) -> Tensor {
+        Tensor::ones((batch, 2, n, 4), candle_core::DType::F32, &Device::Cpu).unwrap()
+    }
+
+    /// Switching between one row and several (greedy, then beam search, then greedy, ...) on the
+    /// same model keeps the buffers at the size a sequence needs.
+    #[test]
+    fn alternating_batch_sizes_do_not_grow_the_buffers() {
+        let mut cache = KvCache::new(2);
+        for round in 0..12 {
+            let batch = if round % 2 == 0 { 1 } else { 2 };
+            cache.clear();
+            for _ in 0..300 {
+                cache.append(&block(batch, 1), &block(batch, 1)).unwrap();
+            }
+            assert_eq!(cache.batch(), batch);
+            assert!(cache.capacity() <= 512, "round {round}: capacity {} for 300 positions", cache.capacity());
+        }
+        // Within one sequence, growth still doubles.
+        cache.clear();
+        for _ in 0..1100 {
+            cache.append(&block(2, 1), &block(2, 1)).unwrap();
+        }
+        assert_eq!(cache.len(), 1100);
+        assert!(cache.capacity() >= 1100 && cache.capacity() <= 2048, "capacity {}", cache.capacity());
     }
 }
