@@ -20,7 +20,8 @@ use std::time::Duration;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{BenchmarkId, Criterion, Throughput};
-use decodebench_kernels::qmatmul::{available_paths, matmul_on, selected_path, SimdPath, WeightType};
+use decodebench_kernels::packed::PackedWeight;
+use decodebench_kernels::qmatmul::{available_paths, matmul_on, selected_path, QuantizedActs, SimdPath, WeightType};
 
 /// (type, n, k): output features, input features.
 const CASES: [(WeightType, usize, usize); 8] = [
@@ -55,6 +56,8 @@ fn main() {
             let bytes = q.data().unwrap().len();
             let copies = working_set.div_ceil(bytes).max(1);
             let raw: Vec<Vec<u8>> = (0..copies).map(|_| q.data().unwrap().into_owned()).collect();
+            // Q4_K runs in its interleaved layout, repacked once (as models do at load).
+            let packed: Vec<PackedWeight> = raw.iter().filter_map(|r| PackedWeight::new(wt.ggml(), r, n, k).unwrap()).collect();
             let candle: Vec<QMatMul> =
                 (0..copies).map(|_| QMatMul::from_qtensor(QTensor::quantize(&w, wt.ggml()).unwrap()).unwrap()).collect();
             for m in ROWS {
@@ -75,7 +78,12 @@ fn main() {
                     group.bench_function(BenchmarkId::new("ours", path.name()), |b| {
                         b.iter(|| {
                             i = (i + 1) % copies;
-                            matmul_on(path, wt, &raw[i], n, k, &xs, m, &mut out).unwrap();
+                            if packed.is_empty() {
+                                matmul_on(path, wt, &raw[i], n, k, &xs, m, &mut out).unwrap();
+                            } else {
+                                let acts = QuantizedActs::quantize(&xs, m, k);
+                                packed[i].matmul_quantized_on(path, &acts, &mut out).unwrap();
+                            }
                             black_box(&out);
                         })
                     });

@@ -29,7 +29,7 @@ fn linear_rows_match_single_row_matmuls() {
     for dtype in dtypes {
         let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
         let weight = QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap()).unwrap();
-        let linear = Linear { weight, bias: None };
+        let linear = Linear::new(weight, None).unwrap();
         for m in [2usize, 3, 4, 5, 8, 16, 33, 64] {
             let x = Tensor::randn(0f32, 1.0, (1, m, k), &dev).unwrap();
             let exact = linear.forward(&x, true).unwrap();

@@ -15,6 +15,7 @@ mod attention;
 pub mod cuda;
 mod kv;
 mod mask;
+pub mod packed;
 pub mod qmatmul;
 
 pub use attention::{exact_block_attention, visible_block_rows};

@@ -261,12 +261,12 @@ fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], sa: &mut [f32], hs: &mu
 
 /// A raw pointer the pool's workers may share; every user writes disjoint elements.
 #[derive(Clone, Copy)]
-struct SyncPtr<T>(*mut T);
+pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
 unsafe impl<T> Sync for SyncPtr<T> {}
 unsafe impl<T> Send for SyncPtr<T> {}
 impl<T> SyncPtr<T> {
     // A method (not field access) so closures capture the whole wrapper, which is Sync.
-    fn get(self) -> *mut T {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }
@@ -314,6 +314,10 @@ pub fn matmul_quantized_on(
     if acts.m == 0 || n == 0 {
         return Ok(());
     }
+    if let Some(packed) = crate::packed::PackedWeight::new(wt.ggml(), w, n, k)? {
+        // Q4_K runs in its interleaved layout (models repack once at load, see [`qmatmul_packed`]).
+        return packed.matmul_quantized_on(path, acts, out);
+    }
     let tiles = n.div_ceil(COLS);
     let out_ptr = SyncPtr(out.as_mut_ptr());
     let run = |range: std::ops::Range<usize>| {
@@ -351,8 +355,31 @@ pub fn covers(w: &QTensor) -> bool {
     WeightType::from_ggml(w.dtype()).is_some_and(|wt| matches!(w.shape().dims(), [_, k] if wt.fits(*k))) && w.device().is_cpu()
 }
 
+/// `x · wᵀ` for f32 `x (.., k)` on the CPU and a weight repacked by
+/// [`crate::packed::PackedWeight::new`], on the selected path.
+pub fn qmatmul_packed(w: &crate::packed::PackedWeight, x: &Tensor) -> Result<Tensor> {
+    let (n, k) = w.shape();
+    if !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() == 0 || x.dim(candle_core::D::Minus1)? != k {
+        candle_core::bail!("quantized matmul: input {:?} ({:?}) does not fit a packed ({n}, {k}) weight", x.shape(), x.dtype());
+    }
+    let x = x.contiguous()?;
+    let m = x.elem_count() / k;
+    let mut out = vec![0f32; m * n];
+    {
+        let (storage, layout) = x.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("quantized matmul: input is not on the CPU") };
+        let xs = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + m * k];
+        let acts = QuantizedActs::quantize(xs, m, k);
+        w.matmul_quantized_on(selected_path(), &acts, &mut out)?;
+    }
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().expect("rank >= 1") = n;
+    Tensor::from_vec(out, dims, &Device::Cpu)
+}
+
 /// `x · wᵀ` for f32 `x (.., k)` on the CPU and a weight [`covers`] accepts, on the selected path;
-/// `None` when these kernels do not apply.
+/// `None` when these kernels do not apply. (A Q4_K weight is repacked on every call here: models
+/// repack it once, see [`qmatmul_packed`].)
 pub fn qmatmul(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
     let Some(wt) = WeightType::from_ggml(w.dtype()) else { return Ok(None) };
     let &[n, k] = w.shape().dims() else { return Ok(None) };
@@ -408,18 +435,7 @@ mod scalar {
                 let blk = &row[b * 34..(b + 1) * 34];
                 (dot(&mut blk[2..34].iter().map(|&q| q as i8 as i32), a), f16_at(blk.as_ptr()), 0.0)
             }
-            WeightType::Q4K => {
-                let (sb, j) = (b / 8, b % 8);
-                let blk = &row[sb * 144..(sb + 1) * 144];
-                let scales: &[u8; 12] = blk[4..16].try_into().expect("12 bytes");
-                let (sc, m) = scale_min_k4(j, scales);
-                // 32-byte chunk j / 2: low nibbles are block 2c, high nibbles block 2c + 1.
-                let chunk = &blk[16 + 32 * (j / 2)..16 + 32 * (j / 2 + 1)];
-                let v = chunk.iter().map(|&q| if j % 2 == 0 { (q & 0x0f) as i32 } else { (q >> 4) as i32 });
-                let (d, dmin) = (f16_at(blk.as_ptr()), f16_at(blk[2..].as_ptr()));
-                // d · sc is exact in f32 (an f16 times a 6-bit integer).
-                (dot(&mut { v }, a), d * sc as f32, dmin * m as f32)
-            }
+            WeightType::Q4K => unreachable!("Q4_K runs packed (crate::packed)"),
             WeightType::Q6K => {
                 let (sb, j) = (b / 8, b % 8);
                 let blk = &row[sb * 210..(sb + 1) * 210];
@@ -477,22 +493,12 @@ mod scalar {
     }
 }
 
-/// ggml's 6-bit scale and minimum of sub-block `j` (0..8) of a Q4_K super-block.
-#[inline]
-fn scale_min_k4(j: usize, s: &[u8; 12]) -> (u8, u8) {
-    if j < 4 {
-        (s[j] & 63, s[j + 4] & 63)
-    } else {
-        ((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
-    }
-}
-
 /// All eight 6-bit scales and minimums of a Q4_K super-block, byte j for sub-block j, unpacked
-/// with word operations (the SIMD paths' form of [`scale_min_k4`]). Bytes 0..4 hold the low 6 bits of scales 0..3 and bytes 4..8 those of
+/// with word operations. Bytes 0..4 hold the low 6 bits of scales 0..3 and bytes 4..8 those of
 /// minimums 0..3; bytes 8..12 hold the low 4 bits of scales 4..7 (low nibbles) and minimums 4..7
 /// (high nibbles), whose top 2 bits are the top bits of bytes 0..4 and 4..8.
 #[inline]
-fn scales_mins_k4(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+pub(crate) fn scales_mins_k4(s: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     const LOW6: u32 = 0x3f3f_3f3f;
     const LOW4: u32 = 0x0f0f_0f0f;
     const LOW2: u32 = 0x0303_0303;
@@ -677,57 +683,6 @@ macro_rules! x86_path {
                 }
             }
 
-            /// One Q4_K super-block (eight blocks) at `w` against rows r0..r0+R at block `b0`.
-            #[target_feature(enable = $features)]
-            #[inline]
-            unsafe fn q4k_group<const R: usize>(
-                w: *const u8,
-                acts: &QuantizedActs,
-                r0: usize,
-                b0: usize,
-                acc: &mut [__m256; R],
-                mins: &mut [__m256; R],
-            ) {
-                let (sc, mn) = scales_mins_k4(&*(w.add(4) as *const [u8; 12]));
-                let to_f32 = |v: [u8; 8]| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(i64::from_le_bytes(v))));
-                // Lane j: d · sc_j (exact) and dmin · m_j.
-                let dw = _mm256_mul_ps(_mm256_set1_ps(f16_scalar(w)), to_f32(sc));
-                let mw = _mm256_mul_ps(_mm256_set1_ps(f16_scalar(w.add(2))), to_f32(mn));
-                let mask = _mm256_set1_epi8(0x0f);
-                let mut wv = [_mm256_setzero_si256(); 8];
-                for c in 0..4 {
-                    let x = _mm256_loadu_si256(w.add(16 + 32 * c) as *const __m256i);
-                    wv[2 * c] = _mm256_and_si256(x, mask);
-                    wv[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(x), mask);
-                }
-                for r in 0..R {
-                    let i = (r0 + r) * acts.nbp + b0;
-                    let a = acts.qs.as_ptr().add(i * QK);
-                    let mut s = [_mm256_setzero_si256(); 8];
-                    for j in 0..8 {
-                        // Nibbles (u8) × activations (i8).
-                        s[j] = $dot(wv[j], _mm256_loadu_si256(a.add(j * QK) as *const __m256i));
-                    }
-                    let isum = _mm256_cvtepi32_ps(reduce8(&s));
-                    let da = _mm256_loadu_ps(acts.d.as_ptr().add(i));
-                    let sa = _mm256_loadu_ps(acts.sa.as_ptr().add(i));
-                    acc[r] = _mm256_fmadd_ps(isum, _mm256_mul_ps(dw, da), acc[r]);
-                    mins[r] = _mm256_fmadd_ps(mw, sa, mins[r]);
-                }
-            }
-
-            #[target_feature(enable = $features)]
-            unsafe fn q4k<const R: usize>(w: *const u8, nb: usize, acts: &QuantizedActs, r0: usize, out: *mut f32, n: usize) {
-                let mut acc = [_mm256_setzero_ps(); R];
-                let mut mins = [_mm256_setzero_ps(); R];
-                for g in 0..nb / 8 {
-                    q4k_group::<R>(w.add(g * 144), acts, r0, g * 8, &mut acc, &mut mins);
-                }
-                for r in 0..R {
-                    *out.add((r0 + r) * n) = hsum(acc[r]) - hsum(mins[r]);
-                }
-            }
-
             /// One Q6_K super-block (eight blocks) at `w` against rows r0..r0+R at block `b0`.
             #[target_feature(enable = $features)]
             #[inline]
@@ -835,8 +790,8 @@ macro_rules! x86_path {
                         match wt {
                             WeightType::Q4_1 => rows!(q4_1, w, out, r0, rows),
                             WeightType::Q8_0 => rows!(q8_0, w, out, r0, rows),
-                            WeightType::Q4K => rows!(q4k, w, out, r0, rows),
                             WeightType::Q6K => rows!(q6k, w, out, r0, rows),
+                            WeightType::Q4K => unreachable!("Q4_K runs packed"),
                         }
                         r0 += rows;
                     }
@@ -854,6 +809,27 @@ x86_path!(vnni, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", dot_vnni, 8);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// ggml's 6-bit scale and minimum of sub-block `j` (0..8) of a Q4_K super-block, spelled out.
+    fn scale_min_k4(j: usize, s: &[u8; 12]) -> (u8, u8) {
+        if j < 4 {
+            (s[j] & 63, s[j + 4] & 63)
+        } else {
+            ((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+        }
+    }
+
+    #[test]
+    fn word_unpacking_of_q4k_scales_matches_the_bytewise_definition() {
+        let mut g = Lcg(5);
+        for _ in 0..2000 {
+            let s: [u8; 12] = std::array::from_fn(|_| g.byte());
+            let (sc, mn) = scales_mins_k4(&s);
+            for j in 0..8 {
+                assert_eq!((sc[j], mn[j]), scale_min_k4(j, &s), "sub-block {j} of {s:?}");
+            }
+        }
+    }
 
     /// A small deterministic generator (no dependency): uniform in [-1, 1).
     struct Lcg(u64);

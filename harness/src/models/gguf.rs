@@ -8,7 +8,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device};
 
-use super::transformer::{Block, Embedding, Linear, RmsNorm, RopeStyle, Transformer, TransformerConfig, TransformerWeights};
+use super::transformer::{
+    own_kernels_default, Block, Embedding, Linear, RmsNorm, RopeStyle, Transformer, TransformerConfig, TransformerWeights,
+};
 
 /// Architectures this loader builds, by `general.architecture`.
 pub const SUPPORTED_ARCHS: &[&str] = &["llama", "qwen2"];
@@ -52,6 +54,8 @@ pub struct GgufFile {
     path: String,
     /// (from, to, tensors) converted by the last load.
     converted: Vec<(GgmlDType, GgmlDType, usize)>,
+    /// Q4_K weights repacked for the project's kernels by the last load.
+    packed: usize,
     /// Convert weights at load ([`Self::set_convert`]).
     convert: bool,
     /// Dequantize every weight to f32 at load ([`Self::load_transformer_dequantized`]).
@@ -85,7 +89,7 @@ impl GgufFile {
         if data_end > file_len {
             bail!("{shown} is truncated: its tensors need {data_end} bytes, the file has {file_len}");
         }
-        Ok(Self { content, reader, path: shown, converted: Vec::new(), convert: conversions_enabled(), dequantize: false })
+        Ok(Self { content, reader, path: shown, converted: Vec::new(), packed: 0, convert: conversions_enabled(), dequantize: false })
     }
 
     pub fn path(&self) -> &str {
@@ -188,7 +192,9 @@ impl GgufFile {
         let weight = self.matmul(&format!("{prefix}.weight"), device)?;
         let bias_name = format!("{prefix}.bias");
         let bias = if bias && self.has_tensor(&bias_name) { Some(self.dense(&bias_name, device)?) } else { None };
-        Ok(Linear { weight, bias })
+        let linear = Linear::new(weight, bias).map_err(|e| anyhow::anyhow!("{}: tensor `{prefix}.weight`: {e}", self.path))?;
+        self.packed += usize::from(linear.is_packed());
+        Ok(linear)
     }
 
     fn norm(&mut self, name: &str, eps: f32, device: &Device) -> Result<RmsNorm> {
@@ -240,6 +246,7 @@ impl GgufFile {
     pub fn load_transformer(&mut self, name: String, device: &Device) -> Result<Transformer> {
         let cfg = self.config()?;
         self.converted.clear();
+        self.packed = 0;
         let eps = cfg.rms_eps as f32;
         let qkv_bias = cfg.arch == "qwen2";
         let tied = !self.has_tensor("output.weight");
@@ -257,7 +264,11 @@ impl GgufFile {
             (Embedding(QMatMul::QTensor(embed_q)), head)
         };
         let lm_head = match tied_head {
-            Some(weight) => Linear { weight, bias: None },
+            Some(weight) => {
+                let linear = Linear::new(weight, None)?;
+                self.packed += usize::from(linear.is_packed());
+                linear
+            }
             None => self.linear("output", false, device)?,
         };
         let mut blocks = Vec::with_capacity(cfg.n_layers);
@@ -283,26 +294,33 @@ impl GgufFile {
     /// The weight conversions the last [`Self::load_transformer`] did, e.g.
     /// `Q5_0 → Q8_0 (exact), 132 tensors`.
     pub fn conversions(&self) -> Vec<String> {
-        self.converted.iter().map(|(from, to, n)| conversion_text(*from, *to, *n)).collect()
+        let mut out: Vec<String> = self.converted.iter().map(|(from, to, n)| conversion_text(*from, *to, *n)).collect();
+        if self.packed > 0 {
+            out.push(packing_text(self.packed));
+        }
+        out
     }
 
     /// The conversions loading will do, from the header alone (cheap: no weight is read).
     pub fn planned_conversions(&self) -> Vec<String> {
-        if !self.convert {
-            return Vec::new();
-        }
         let tied = !self.has_tensor("output.weight");
-        let n = self
-            .content
-            .tensor_infos
-            .iter()
-            .filter(|(name, t)| t.ggml_dtype == GgmlDType::Q5_0 && t.shape.rank() == 2 && (tied || name.as_str() != "token_embd.weight"))
-            .count();
-        if n == 0 {
-            Vec::new()
-        } else {
-            vec![conversion_text(GgmlDType::Q5_0, GgmlDType::Q8_0, n)]
+        let matmul_weights = |dtype: GgmlDType| {
+            self.content
+                .tensor_infos
+                .iter()
+                .filter(|(name, t)| t.ggml_dtype == dtype && t.shape.rank() == 2 && (tied || name.as_str() != "token_embd.weight"))
+                .count()
+        };
+        let mut out = Vec::new();
+        let q5 = matmul_weights(GgmlDType::Q5_0);
+        if self.convert && q5 > 0 {
+            out.push(conversion_text(GgmlDType::Q5_0, GgmlDType::Q8_0, q5));
         }
+        let packed = matmul_weights(GgmlDType::Q4K);
+        if own_kernels_default() && !self.dequantize && packed > 0 {
+            out.push(packing_text(packed));
+        }
+        out
     }
 
     /// Matrix (rank-2) tensors per weight type, most common first, e.g. `[("Q5_0", 133), ...]`.
@@ -339,6 +357,10 @@ pub fn ggml_name(dtype: GgmlDType) -> String {
     }
 }
 
+fn packing_text(n: usize) -> String {
+    format!("Q4_K → 8-row interleaved layout for the project's kernels (exact), {n} tensor{}", if n == 1 { "" } else { "s" })
+}
+
 fn conversion_text(from: GgmlDType, to: GgmlDType, n: usize) -> String {
     format!("{} → {} (exact), {n} tensor{}", ggml_name(from), ggml_name(to), if n == 1 { "" } else { "s" })
 }
@@ -371,7 +393,7 @@ mod tests {
             let diff: f32 = (y5 - y8).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap();
             assert!(diff < 1e-4, "({n}, {k}): matmuls differ by {diff}");
             // Rows stay exact through the model's linear layer (the project's Q8_0 kernel).
-            let linear = Linear { weight: q8, bias: None };
+            let linear = Linear::new(q8, None).unwrap();
             let x = Tensor::randn(0f32, 1.0, (1, 64, k), &dev).unwrap();
             let bits =
                 |t: &Tensor| -> Vec<u32> { t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f32::to_bits).collect() };

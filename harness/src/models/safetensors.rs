@@ -105,10 +105,9 @@ pub fn load_transformer(dir: &Path, name: String, dtype: Option<DType>, device: 
     let shown = dir.display().to_string();
     let get = |name: &str, shape: &[usize]| vb.get(shape, name).map_err(|e| anyhow::anyhow!("{shown}: tensor `{name}`: {e}"));
     let linear = |prefix: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-        Ok(Linear {
-            weight: QMatMul::Tensor(get(&format!("{prefix}.weight"), &[out, inp])?),
-            bias: if bias { Some(get(&format!("{prefix}.bias"), &[out])?) } else { None },
-        })
+        let weight = QMatMul::Tensor(get(&format!("{prefix}.weight"), &[out, inp])?);
+        let bias = if bias { Some(get(&format!("{prefix}.bias"), &[out])?) } else { None };
+        Ok(Linear::new(weight, bias)?)
     };
     let norm = |name: &str| -> Result<RmsNorm> { Ok(RmsNorm { weight: get(name, &[cfg.hidden_size])?, eps: cfg.rms_eps as f32 }) };
     let (h, q_dim, kv_dim) = (cfg.hidden_size, n_heads * cfg.head_dim, n_kv_heads * cfg.head_dim);
@@ -134,7 +133,7 @@ pub fn load_transformer(dir: &Path, name: String, dtype: Option<DType>, device: 
         });
     }
     let lm_head = if hf.tie_word_embeddings {
-        Linear { weight: QMatMul::Tensor(embed_w.clone()), bias: None }
+        Linear::new(QMatMul::Tensor(embed_w.clone()), None)?
     } else {
         linear("lm_head", cfg.vocab_size, h, false)?
     };

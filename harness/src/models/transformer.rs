@@ -7,7 +7,10 @@
 
 use candle_core::quantized::{GgmlDType, QMatMul};
 use candle_core::{DType, Device, Module, Result, Tensor};
+use std::sync::Arc;
+
 use decodebench_kernels::attention;
+use decodebench_kernels::packed::PackedWeight;
 use decodebench_strategies::{BlockAttention, DecoderModel, ForwardInput, ForwardOutput, LogitRows, ModelInfo};
 
 use super::kv_cache::KvCache;
@@ -41,9 +44,29 @@ pub struct TransformerConfig {
 pub struct Linear {
     pub weight: QMatMul,
     pub bias: Option<Tensor>,
+    /// A Q4_K weight repacked for the project's kernels (when they are on at load).
+    packed: Option<Arc<PackedWeight>>,
 }
 
 impl Linear {
+    /// Repacks a Q4_K weight for the project's kernels when they are on
+    /// ([`own_kernels_default`]); the repacking is exact (see `decodebench_kernels::packed`).
+    pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Result<Self> {
+        let packed = match &weight {
+            QMatMul::QTensor(t) if own_kernels_default() && PackedWeight::packs(t.dtype()) && decodebench_kernels::qmatmul::covers(t) => {
+                let &[n, k] = t.shape().dims() else { unreachable!("covers() checks rank 2") };
+                PackedWeight::new(t.dtype(), &t.data()?, n, k)?.map(Arc::new)
+            }
+            _ => None,
+        };
+        Ok(Self { weight, bias, packed })
+    }
+
+    /// Whether the weight was repacked at load (Q4_K, for the project's kernels).
+    pub fn is_packed(&self) -> bool {
+        self.packed.is_some()
+    }
+
     /// `exact_rows`: every row must get the bits it would get alone (see [`Transformer::forward`]).
     /// Uses the project's quantized kernels where they cover the weight (see [`Self::forward_with`]).
     pub fn forward(&self, x: &Tensor, exact_rows: bool) -> Result<Tensor> {
@@ -58,10 +81,11 @@ impl Linear {
     /// one row at a time when `exact_rows` asks for it and candle's batched kernel for the type is
     /// not row-exact.
     pub fn forward_with(&self, x: &Tensor, own_kernels: bool, exact_rows: bool) -> Result<Tensor> {
-        let own = match &self.weight {
-            QMatMul::QTensor(t) if own_kernels && (exact_rows || !prefers_candle_batched(t.dtype(), x)?) => {
-                decodebench_kernels::qmatmul::qmatmul(t, x)?
-            }
+        let own = match (&self.weight, &self.packed) {
+            (QMatMul::QTensor(t), packed) if own_kernels && (exact_rows || !prefers_candle_batched(t.dtype(), x)?) => match packed {
+                Some(p) => Some(decodebench_kernels::qmatmul::qmatmul_packed(p, x)?),
+                None => decodebench_kernels::qmatmul::qmatmul(t, x)?,
+            },
             _ => None,
         };
         let y = match own {
