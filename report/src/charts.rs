@@ -434,9 +434,9 @@ fn fit(label: &str, max_chars: usize) -> String {
 }
 
 /// Label area width (px) for the longest row label, measured in the tick font; labels longer
-/// than 46 characters are cut (the tables carry the full names).
+/// than 60 characters are cut (the tables carry the full names).
 fn label_area(rows: &[String]) -> (u32, usize) {
-    const MAX_CHARS: usize = 46;
+    const MAX_CHARS: usize = 60;
     let font = (FONT, TICK_PX).into_font();
     let widest = rows
         .iter()

@@ -25,7 +25,13 @@ fn short_name(name: &str) -> &str {
         "epsilon" => "ε",
         "temperature" => "T",
         "schedule" => "sched",
-        "tree_nodes" => "nodes",
+        "tree_nodes" | "max_tree_nodes" => "nodes",
+        "num_draft" => "draft",
+        "max_ngram" => "ngram",
+        "min_ngram" => "min-ngram",
+        "cost_aware" => "cost-aware",
+        "num_beams" => "beams",
+        "length_penalty" => "len-penalty",
         other => other,
     }
 }

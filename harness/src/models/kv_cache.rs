@@ -66,8 +66,9 @@ impl KvCache {
             let new_v = Tensor::zeros(shape.as_slice(), v.dtype(), v.device())?;
             if let (Some(old_k), Some(old_v)) = (&self.k, &self.v) {
                 if self.len > 0 {
-                    new_k.slice_set(&old_k.narrow(self.seq_dim, 0, self.len)?, self.seq_dim, 0)?;
-                    new_v.slice_set(&old_v.narrow(self.seq_dim, 0, self.len)?, self.seq_dim, 0)?;
+                    // A prefix of the positions is strided when there are several heads or rows.
+                    new_k.slice_set(&old_k.narrow(self.seq_dim, 0, self.len)?.contiguous()?, self.seq_dim, 0)?;
+                    new_v.slice_set(&old_v.narrow(self.seq_dim, 0, self.len)?.contiguous()?, self.seq_dim, 0)?;
                 }
             }
             self.k = Some(new_k);
@@ -151,5 +152,25 @@ mod tests {
         }
         assert_eq!(cache.len(), 1100);
         assert!(cache.capacity() >= 1100 && cache.capacity() <= 2048, "capacity {}", cache.capacity());
+    }
+
+    /// A block that crosses the capacity while the cache is not full (after a rollback, or a
+    /// tree verified near the end of the buffer) grows it and keeps every position.
+    #[test]
+    fn a_block_crossing_the_capacity_keeps_the_cache() {
+        let dev = Device::Cpu;
+        let mut cache = KvCache::new(2);
+        let positions = |from: usize, n: usize| {
+            let v: Vec<f32> = (0..2 * 2 * n * 4).map(|i| (from * 1000 + i) as f32).collect();
+            Tensor::from_vec(v, (2, 2, n, 4), &dev).unwrap()
+        };
+        cache.append(&positions(0, 250), &positions(0, 250)).unwrap();
+        cache.truncate(240).unwrap();
+        let kept = cache.k.as_ref().unwrap().narrow(2, 0, 240).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (k, _) = cache.append(&positions(7, 30), &positions(7, 30)).unwrap();
+        assert_eq!(cache.len(), 270);
+        assert_eq!(k.narrow(2, 0, 240).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap(), kept);
+        let new = k.narrow(2, 240, 30).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(new, positions(7, 30).flatten_all().unwrap().to_vec1::<f32>().unwrap());
     }
 }

@@ -76,7 +76,7 @@ impl Linear {
     /// `own_kernels`: weights that `decodebench_kernels::qmatmul` covers (Q4_1, Q8_0, Q4_K,
     /// Q6_K on the CPU) run there, whose rows never depend on the block (so `exact_rows` costs
     /// nothing). Exception: a block that need not be row-exact (a prompt) of more than
-    /// [`CANDLE_BATCH_ROWS`] rows of a K-quant weight takes candle's repacked tile kernel, faster
+    /// [`CANDLE_BATCH_ROWS`] rows of a Q6_K weight takes candle's repacked tile kernel, faster
     /// for many rows. Other weights, and all of them with `own_kernels` off, take candle's matmul,
     /// one row at a time when `exact_rows` asks for it and candle's batched kernel for the type is
     /// not row-exact.
@@ -117,14 +117,12 @@ impl Linear {
 
     /// Whether [`Self::forward`] gives each row the same bits as a one-row call would, in
     /// batched (not row-exact) mode too: with the project's kernels on, true for the types they
-    /// cover and always run (Q4_1, Q8_0; a long K-quant block goes to candle's tile kernel, see
+    /// cover and always run (Q4_1, Q8_0, Q4_K; a long Q6_K block goes to candle's tile kernel, see
     /// [`Self::forward_with`]); with them off, true for the quantized types whose candle kernel
     /// does per-row integer dot products.
     pub fn rows_are_independent(&self) -> bool {
         match &self.weight {
-            QMatMul::QTensor(t) if own_kernels_default() && self.own_kernel_covers() => {
-                !matches!(t.dtype(), GgmlDType::Q4K | GgmlDType::Q6K)
-            }
+            QMatMul::QTensor(t) if own_kernels_default() && self.own_kernel_covers() => t.dtype() != GgmlDType::Q6K,
             _ => self.candle_rows_are_independent(),
         }
     }
@@ -146,14 +144,15 @@ impl Linear {
     }
 }
 
-/// Rows above which a block that need not be row-exact runs K-quant weights on candle's
-/// repacked tile kernels (faster than the project's from about 16 rows on, see
-/// `benches/kernels.rs`) rather than the project's.
+/// Rows above which a block that need not be row-exact (a prompt) runs Q6_K weights on candle's
+/// repacked tile kernel (faster than the project's from about 16 rows on, see
+/// `benches/kernels.rs`) rather than the project's. Q4_K runs packed at every size (as fast as
+/// candle's at 64 rows), so a prompt and what follows it share that arithmetic.
 pub const CANDLE_BATCH_ROWS: usize = 16;
 
 fn prefers_candle_batched(dtype: GgmlDType, x: &Tensor) -> Result<bool> {
     let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?;
-    Ok(matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K) && rows > CANDLE_BATCH_ROWS)
+    Ok(dtype == GgmlDType::Q6K && rows > CANDLE_BATCH_ROWS)
 }
 
 /// Environment variable: `candle` runs every matmul on candle's kernels (the project's own
