@@ -1,20 +1,18 @@
 //! Quantized matrix products `y = x · Wᵀ` for ggml-quantized weights (Q4_1, Q8_0, Q4_K, Q6_K),
-//! written so
-//! that every output row is computed by one fixed sequence of operations, whatever the number of
-//! rows in the call: a token verified inside a block gets the bits it gets decoded alone.
+//! written so that every output row is computed by one fixed sequence of operations, whatever the
+//! number of rows in the call: a token verified inside a block gets the bits it gets decoded
+//! alone. Q4_K runs in an interleaved layout of its own ([`crate::packed`]); the others here.
 //!
 //! As in llama.cpp, the activations are quantized to 8 bits per block of 32 values (scale
 //! `d = max|x| / 127`, values `round(x / d)` ties to even, and for Q4_1's offset the block sum
 //! `d · Σq`). One output is then, for weight row `j` and activation row `r`:
 //!
-//! - per block `b` of 32 values: an integer `S_b` (exact in i32): `Σ q_i · a_i` for Q4_1, Q8_0
-//!   and Q4_K, and for Q6_K the sum over its two 16-value
-//!   halves of scale × `Σ (q_i − 32) · a_i`; then in f32, in lane `l = b mod 8`:
-//!   `acc[l] = fma(S_b, d_w · d_a, acc[l])` (`d_w` the block's scale; for Q4_K the super-block's
-//!   `d` times the 6-bit sub-block scale, exact in f32; for Q6_K the super-block's `d`);
-//! - Q4_1 and Q4_K, likewise: `mins[l] = fma(m_w, d_a · Σa, mins[l])` (`m_w = dmin · m` for
-//!   Q4_K);
-//! - at the end `h(acc)`, plus `h(mins)` for Q4_1, minus it for Q4_K, with the fixed reduction
+//! - per block `b` of 32 values: an integer `S_b` (exact in i32): `Σ q_i · a_i` for Q4_1 and
+//!   Q8_0, and for Q6_K the sum over its two 16-value halves of scale × `Σ (q_i − 32) · a_i`;
+//!   then in f32, in lane `l = b mod 8`: `acc[l] = fma(S_b, d_w · d_a, acc[l])` (`d_w` the
+//!   block's scale, for Q6_K the super-block's `d`);
+//! - Q4_1, likewise: `mins[l] = fma(m_w, d_a · Σa, mins[l])`;
+//! - at the end `h(acc)`, plus `h(mins)` for Q4_1, with the fixed reduction
 //!   `h(v) = ((v0+v4) + (v2+v6)) + ((v1+v5) + (v3+v7))`.
 //!
 //! The scalar path spells this out; the AVX2 path (`maddubs` + `madd`) and the AVX-512 VNNI path
@@ -478,14 +476,14 @@ mod scalar {
                     let (s, dw, mw) = block(wt, row, b, &acts.qs[i * QK..(i + 1) * QK]);
                     let lane = b % 8;
                     acc[lane] = (s as f32).mul_add(dw * acts.d[i], acc[lane]);
-                    if matches!(wt, WeightType::Q4_1 | WeightType::Q4K) {
+                    if wt == WeightType::Q4_1 {
                         mins[lane] = mw.mul_add(acts.sa[i], mins[lane]);
                     }
                 }
                 let y = match wt {
                     WeightType::Q4_1 => hsum8(acc) + hsum8(mins),
-                    WeightType::Q4K => hsum8(acc) - hsum8(mins),
                     WeightType::Q8_0 | WeightType::Q6K => hsum8(acc),
+                    WeightType::Q4K => unreachable!("Q4_K runs packed"),
                 };
                 *out.add(r * n + c) = y;
             }

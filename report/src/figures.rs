@@ -94,7 +94,7 @@ fn bar(r: &SummaryRow) -> Option<Bar> {
     Some(Bar { value: r.speedup?, low: r.speedup_ci_low, high: r.speedup_ci_high })
 }
 
-const SPEEDUP_AXIS: &str = "speedup over greedy (×, geo. mean of paired per-turn ratios)";
+const SPEEDUP_AXIS: &str = "speedup over greedy (×, geo. mean, paired per turn)";
 
 pub fn speedup_by_config(f: &Folder, labels: &HashMap<String, String>) -> Figure {
     let (stem, title) = ("speedup_by_config", "Speedup over greedy by configuration (95% CI)");

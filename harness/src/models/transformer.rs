@@ -5,10 +5,10 @@
 //! lack: explicit positions, tree attention masks, logits for every row, hidden states, and a KV
 //! cache that can be truncated, compacted and reordered.
 
-use candle_core::quantized::{GgmlDType, QMatMul};
-use candle_core::{DType, Device, Module, Result, Tensor};
 use std::sync::Arc;
 
+use candle_core::quantized::{GgmlDType, QMatMul};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use decodebench_kernels::attention;
 use decodebench_kernels::packed::PackedWeight;
 use decodebench_strategies::{BlockAttention, DecoderModel, ForwardInput, ForwardOutput, LogitRows, ModelInfo};
