@@ -141,11 +141,6 @@ impl PackedQ4K {
         Ok(Self { n, k, data })
     }
 
-    /// Bytes held.
-    pub fn size_in_bytes(&self) -> usize {
-        self.data.len()
-    }
-
     /// `out (m, n) = acts · Wᵀ` on `path`, split over groups of columns on candle's thread pool.
     pub fn matmul_quantized_on(&self, path: SimdPath, acts: &QuantizedActs, out: &mut [f32]) -> Result<()> {
         check_call(self.n, self.k, path, acts, out)?;
