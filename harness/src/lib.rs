@@ -15,6 +15,7 @@ pub mod fetch;
 pub mod models;
 pub mod registry;
 pub mod runner;
+pub mod slurm;
 pub mod testing;
 pub mod tokenizer;
 pub mod verify;

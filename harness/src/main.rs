@@ -47,6 +47,9 @@ enum Command {
         #[arg(long)]
         allow_partial: bool,
     },
+    /// Hand a sweep to Slurm: a job array with one `run --shard K/N --resume` per task, and a
+    /// merge job (tables and report) that waits for all of them.
+    Slurm(SlurmCliArgs),
     /// Measure the machine's forward-cost curve for a model: median ms of a forward over N block
     /// tokens on a cache of --context positions, and a memory-bandwidth probe.
     Calibrate {
@@ -115,6 +118,22 @@ struct RunCliArgs {
     /// Results folder (default: runs/<config name>).
     #[arg(long)]
     out: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    overrides: OverrideArgs,
+    /// Continue the run in --out, skipping finished units (refused if the sweep changed).
+    #[arg(long)]
+    resume: bool,
+    /// List the expanded units and how many there are; load nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Run the K-th of N deterministic parts of the prompts (each with its own greedy baseline).
+    #[arg(long)]
+    shard: Option<String>,
+}
+
+/// What `run` (and every task of `slurm`) may change in a config from the command line.
+#[derive(clap::Args)]
+struct OverrideArgs {
     /// Prompt file instead of the config's (MT-Bench / Spec-Bench question.jsonl, or plain lines).
     #[arg(long)]
     prompts: Option<std::path::PathBuf>,
@@ -125,15 +144,47 @@ struct RunCliArgs {
     max_new_tokens: Option<usize>,
     #[arg(long)]
     repeats: Option<usize>,
-    /// Continue the run in --out, skipping finished units (refused if the sweep changed).
+}
+
+impl OverrideArgs {
+    fn overrides(&self) -> decodebench::runner::Overrides {
+        decodebench::runner::Overrides {
+            prompts: self.prompts.clone(),
+            categories: self.categories.clone(),
+            max_new_tokens: self.max_new_tokens,
+            repeats: self.repeats,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct SlurmCliArgs {
+    /// The experiment config (TOML), as for `run`.
+    config: std::path::PathBuf,
+    /// Tasks in the job array: shard K/N runs as task K-1.
     #[arg(long)]
-    resume: bool,
-    /// List the expanded units and how many there are; load nothing.
+    shards: usize,
+    /// The sweep's folder: shard-K/ per task, merged/ for the merge and report, slurm/ for the
+    /// scripts and logs.
+    #[arg(long)]
+    out: std::path::PathBuf,
+    #[command(flatten)]
+    overrides: OverrideArgs,
+    /// Slurm partition for every job.
+    #[arg(long)]
+    partition: Option<String>,
+    /// Generic resources per array task, e.g. gpu:1 (the merge job takes none).
+    #[arg(long)]
+    gres: Option<String>,
+    /// Time limit per array task, as sbatch takes it (e.g. 2:00:00).
+    #[arg(long)]
+    time: Option<String>,
+    /// CPUs per array task; the runner uses that many threads unless the config sets `threads`.
+    #[arg(long)]
+    cpus_per_task: Option<usize>,
+    /// Print the two scripts and the sbatch commands; write and submit nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Run the K-th of N deterministic parts of the prompts (each with its own greedy baseline).
-    #[arg(long)]
-    shard: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -509,12 +560,7 @@ fn run_experiment(args: &RunCliArgs) -> Result<()> {
     let run_args = decodebench::runner::RunArgs {
         config: args.config.clone(),
         out: args.out.clone(),
-        overrides: decodebench::runner::Overrides {
-            prompts: args.prompts.clone(),
-            categories: args.categories.clone(),
-            max_new_tokens: args.max_new_tokens,
-            repeats: args.repeats,
-        },
+        overrides: args.overrides.overrides(),
         resume: args.resume,
         dry_run: args.dry_run,
         shard: args.shard.clone(),
@@ -536,6 +582,40 @@ fn finish(outcome: &decodebench::runner::RunOutcome, t0: std::time::Instant) -> 
         }
         bail!("{} lossless configuration(s) were not token-identical to greedy (see above)", outcome.inexact.len());
     }
+    Ok(())
+}
+
+fn slurm(args: &SlurmCliArgs) -> Result<()> {
+    let slurm_args = decodebench::slurm::SlurmArgs {
+        config: args.config.clone(),
+        shards: args.shards,
+        out: args.out.clone(),
+        overrides: args.overrides.overrides(),
+        partition: args.partition.clone(),
+        gres: args.gres.clone(),
+        time: args.time.clone(),
+        cpus_per_task: args.cpus_per_task,
+    };
+    // The tasks run this very binary, by absolute path (a cluster's shared file system).
+    let exe = std::env::current_exe().map_err(|e| anyhow::anyhow!("cannot find the decodebench binary: {e}"))?;
+    if args.dry_run {
+        let s = decodebench::slurm::scripts(&slurm_args, &exe)?;
+        for n in &s.notes {
+            eprintln!("note: {n}");
+        }
+        println!("# {}\n{}", s.array_path.display(), s.array);
+        println!("# {}\n{}", s.merge_path.display(), s.merge);
+        println!("# submitted with:");
+        println!("#   sbatch --parsable {}", s.array_path.display());
+        println!("#   sbatch --parsable --dependency=afterok:<array job> --kill-on-invalid-dep=yes {}", s.merge_path.display());
+        return Ok(());
+    }
+    let sub = decodebench::slurm::submit(&slurm_args, &exe)?;
+    for n in &sub.notes {
+        eprintln!("note: {n}");
+    }
+    println!("array job {} ({} tasks), merge job {}", sub.array_job, args.shards, sub.merge_job);
+    println!("merged results and report: {}", sub.merged.display());
     Ok(())
 }
 
@@ -597,6 +677,7 @@ fn run(cli: Cli) -> Result<()> {
             let outcome = decodebench::runner::merge(&dirs, &out, allow_partial)?;
             finish(&outcome, t0)
         }
+        Command::Slurm(args) => slurm(&args),
         Command::Report { dir, compare, out } => report(dir, compare, out),
         Command::Calibrate { model, context, tokens, repeats, json, device } => calibrate(&model, context, &tokens, repeats, json, device),
         Command::Doctor { device } => decodebench::doctor::run(matches!(device, Some(DeviceArg::Cuda))),

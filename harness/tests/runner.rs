@@ -161,19 +161,27 @@ fn shards_merge_into_the_unsharded_run() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("shard 2/2 is missing"), "{out:?}");
     ok(&decodebench(&["merge", one.to_str().unwrap(), two.to_str().unwrap(), "--out", merged.to_str().unwrap()]));
     assert_eq!(content(&merged), content(&full));
-    // The summaries agree on everything that is not a timing.
-    let rows = |dir: &Path| -> Vec<String> {
-        read_summary(dir)
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let f = |x: Option<f64>| x.map(|v| format!("{v:.9}")).unwrap_or_default();
-                let (acc, exact, nll, rouge) = (f(r.mean_accepted_tokens), f(r.exact_match), f(r.nll_per_token), f(r.rouge_l));
-                format!("{} {} {} {acc} {exact} {nll} {rouge} {}", r.config_id, r.category, r.turns, f(r.distinct_2))
-            })
-            .collect()
-    };
-    assert_eq!(rows(&merged), rows(&full));
+    assert_eq!(summary_rows(&merged), summary_rows(&full));
+
+    // --allow-partial merges what there is, and the report says so before anything else.
+    let partial = s.root.join("partial");
+    ok(&decodebench(&["merge", one.to_str().unwrap(), "--out", partial.to_str().unwrap(), "--allow-partial"]));
+    let md = std::fs::read_to_string(partial.join("report.md")).unwrap();
+    let banner = md.find("PARTIAL RESULT").expect("no partial banner");
+    assert!(banner < md.find("Headline").unwrap() && md.contains("shard 2/2 is missing"), "{md}");
+}
+
+/// The summary rows without timings: what two runs of one sweep must agree on.
+fn summary_rows(dir: &Path) -> Vec<String> {
+    read_summary(dir)
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let f = |x: Option<f64>| x.map(|v| format!("{v:.9}")).unwrap_or_default();
+            let (acc, exact, nll, rouge) = (f(r.mean_accepted_tokens), f(r.exact_match), f(r.nll_per_token), f(r.rouge_l));
+            format!("{} {} {} {acc} {exact} {nll} {rouge} {}", r.config_id, r.category, r.turns, f(r.distinct_2))
+        })
+        .collect()
 }
 
 #[test]
@@ -275,4 +283,176 @@ fn write_heads(path: &Path, hidden: usize, _vocab: usize) {
     let b = Tensor::zeros(hidden, candle_core::DType::F32, &dev).unwrap();
     let tensors = std::collections::HashMap::from([("0.0.linear.weight".to_string(), w), ("0.0.linear.bias".to_string(), b)]);
     candle_core::safetensors::save(&tensors, path).unwrap();
+}
+
+/// A real single-node Slurm (Debian's slurm-wlm and munge, installed where missing), started
+/// by scripts/slurm-local.sh in a folder of its own and stopped when dropped.
+struct LocalSlurm {
+    dir: tempfile::TempDir,
+    script: PathBuf,
+    // One cluster at a time: they would share the ports and the cores.
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+static SLURM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl LocalSlurm {
+    fn start() -> Self {
+        let one = SLURM.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/slurm-local.sh");
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("bash").arg(&script).arg("start").arg(dir.path()).output().expect("run slurm-local.sh");
+        let slurm = LocalSlurm { dir, script, _one: one };
+        assert!(
+            out.status.success(),
+            "slurm-local.sh start failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        slurm
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.dir.path().join("slurm.conf")
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("SLURM_CONF", self.conf());
+        c
+    }
+
+    /// `decodebench slurm ...` against this cluster: (array job, merge job).
+    fn submit(&self, args: &[&str]) -> (String, String) {
+        let out = self.command(env!("CARGO_BIN_EXE_decodebench")).arg("slurm").args(args).output().unwrap();
+        let stdout = ok(&out);
+        // "array job 12 (2 tasks), merge job 13"
+        let words: Vec<&str> = stdout.split_whitespace().collect();
+        let id_after = |w: &str| words.iter().position(|x| *x == w).and_then(|i| words.get(i + 2)).expect(&stdout).to_string();
+        (id_after("array"), id_after("merge"))
+    }
+
+    /// Every task's JobState of a job (one per array task).
+    fn states(&self, job: &str) -> Vec<String> {
+        let out = self.command("scontrol").args(["show", "job", "-o", job]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().find_map(|f| f.strip_prefix("JobState=")).map(str::to_string))
+            .collect()
+    }
+
+    /// Waits until the job ended; its final state (the logs in the panic message otherwise).
+    fn wait(&self, job: &str, logs: &Path, limit: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let states = self.states(job);
+            if let [s] = states.as_slice() {
+                if !["PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"].contains(&s.as_str()) {
+                    return s.clone();
+                }
+            }
+            if t0.elapsed() > limit {
+                panic!("job {job} still {states:?} after {limit:?}; logs: {}", slurm_logs(logs));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for LocalSlurm {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(&self.script).arg("stop").arg(self.dir.path()).status();
+    }
+}
+
+fn slurm_logs(dir: &Path) -> String {
+    let mut text = String::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().extension().is_some_and(|x| x == "log") {
+            text.push_str(&format!("\n== {}\n{}", e.path().display(), std::fs::read_to_string(e.path()).unwrap_or_default()));
+        }
+    }
+    text
+}
+
+#[test]
+#[ignore = "starts a real Slurm (root; Debian's slurm-wlm and munge): cargo test --workspace --test runner -- --ignored slurm"]
+fn slurm_sweep_in_two_shards_merges_into_the_unsharded_run() {
+    let s = tiny_setup(5);
+    let full = run_dir(&s, "full", &[]);
+    let slurm = LocalSlurm::start();
+    let sweep = s.root.join("sweep");
+    let (array, merge) = slurm.submit(&[s.config.to_str().unwrap(), "--shards", "2", "--out", sweep.to_str().unwrap()]);
+    let state = slurm.wait(&merge, &sweep.join("slurm"), Duration::from_secs(600));
+    assert_eq!(state, "COMPLETED", "merge job {merge} (array {array}): {}", slurm_logs(&sweep.join("slurm")));
+    let merged = sweep.join("merged");
+    assert_eq!(content(&merged), content(&full));
+    assert_eq!(summary_rows(&merged), summary_rows(&full));
+    assert!(merged.join("report.html").is_file() && merged.join("report.md").is_file());
+    // Each shard says where it ran: the node Slurm gave it.
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(merged.join("meta.json")).unwrap()).unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    let shards = meta["merged_from"].as_array().unwrap();
+    assert_eq!(shards.len(), 2);
+    for sh in shards {
+        assert_eq!(sh["machine"]["node"].as_str(), Some(host.split('.').next().unwrap()), "{sh}");
+    }
+}
+
+#[test]
+#[ignore = "starts a real Slurm (root; Debian's slurm-wlm and munge): cargo test --workspace --test runner -- --ignored slurm"]
+fn slurm_task_requeued_mid_run_resumes_without_duplicate_rows() {
+    // A real model, so that a shard runs long enough to be requeued in the middle.
+    let model = common::smollm2_gguf();
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("q.jsonl");
+    write_questions(&prompts, 6);
+    let config = dir.path().join("requeue.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[models]\ntarget = \"{0}\"\ndraft = \"{0}\"\n[run]\nprompts = \"{1}\"\nturns = 1\nmax_new_tokens = 16\nwarmup = 0\nthreads = 1\ncalibrate_tokens = [1, 2]\n[[strategies]]\nname = \"speculative\"\ngamma = 3\n",
+            model.display(),
+            prompts.display()
+        ),
+    )
+    .unwrap();
+    let full = dir.path().join("full");
+    ok(&decodebench(&["run", config.to_str().unwrap(), "--out", full.to_str().unwrap()]));
+
+    let slurm = LocalSlurm::start();
+    let sweep = dir.path().join("sweep");
+    let logs = sweep.join("slurm");
+    let (array, merge) = slurm.submit(&[config.to_str().unwrap(), "--shards", "2", "--out", sweep.to_str().unwrap()]);
+    // Shard 1 holds 3 questions × 2 configurations = 6 units: requeue it once 2 are written.
+    let records = sweep.join("shard-1").join("records.jsonl");
+    let lines = || std::fs::read_to_string(&records).map(|t| t.lines().count()).unwrap_or(0);
+    let t0 = Instant::now();
+    while lines() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(300), "shard 1 wrote no records: {}", slurm_logs(&logs));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let task = format!("{array}_0");
+    let out = slurm.command("scontrol").args(["requeue", &task]).output().unwrap();
+    assert!(out.status.success(), "scontrol requeue {task}: {}", String::from_utf8_lossy(&out.stderr));
+    let at_requeue = lines();
+    assert!(at_requeue < 6, "shard 1 finished ({at_requeue} units) before it could be requeued");
+
+    // Slurm holds a requeued job for 120 s (Reason=BeginTime); let it start now instead.
+    let t1 = Instant::now();
+    while slurm.states(&task) != ["PENDING"] {
+        assert!(t1.elapsed() < Duration::from_secs(60), "{task} is not pending after the requeue: {:?}", slurm.states(&task));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = slurm.command("scontrol").args(["update", &format!("jobid={task}"), "StartTime=now"]).output().unwrap();
+    assert!(out.status.success(), "scontrol update {task}: {}", String::from_utf8_lossy(&out.stderr));
+    let state = slurm.wait(&merge, &logs, Duration::from_secs(600));
+    assert_eq!(state, "COMPLETED", "merge job {merge}: {}", slurm_logs(&logs));
+    // The task ran twice, and its second start took up the first one's units.
+    let log = std::fs::read_to_string(logs.join("shard-0.log")).unwrap();
+    assert!(log.contains("shard 1/2") && log.contains("start 2"), "{log}");
+    assert!(log.contains("resuming ") && log.contains("units done"), "{log}");
+    let n_lines = std::fs::read_to_string(&records).unwrap().lines().count();
+    assert_eq!(n_lines, 6, "shard 1 holds duplicate or missing rows");
+    assert_eq!(content(&sweep.join("merged")), content(&full), "the requeued sweep differs from the unsharded run");
 }

@@ -57,8 +57,12 @@ pub fn report(dir: &Path, out: Option<&Path>) -> Result<ReportOutcome> {
     if let Some(notes) = sections::missing_notes(&folder) {
         blocks.push(notes);
     }
-    if let Some(note) = folder.meta.as_ref().and_then(sections::shard_hardware_note) {
-        blocks.push(page::Block::Notes { title: "Read with care:".into(), items: vec![note] });
+    if let Some(m) = &folder.meta {
+        blocks.extend(sections::partial_notes(m));
+        let notes = sections::hardware_notes(m);
+        if !notes.is_empty() {
+            blocks.push(page::Block::Notes { title: "Read with care:".into(), items: notes });
+        }
     }
     blocks.push(sections::run_line(&folder));
     blocks.extend(sections::headline(&folder));

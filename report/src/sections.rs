@@ -310,32 +310,53 @@ fn machine_rows(m: &MachineMeta) -> Vec<Vec<String>> {
 }
 
 /// Shards that ran on different hardware (host names aside: same CPU, features, threads and
-/// device time alike): one line naming what differs, or None.
-pub fn shard_hardware_note(m: &RunMeta) -> Option<String> {
-    if m.merged_from.is_empty() {
-        return None;
+/// device time alike), and runs or shards resumed on other hardware than they started on: one
+/// line each naming what differs; empty when every unit was timed on one kind of machine.
+pub fn hardware_notes(m: &RunMeta) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(first) = m.merged_from.first().map(|s| &s.machine) {
+        let differs: Vec<&str> = [
+            ("CPU", m.merged_from.iter().any(|s| s.machine.cpu != first.cpu)),
+            ("SIMD features", m.merged_from.iter().any(|s| s.machine.simd != first.simd)),
+            ("compiled target features", m.merged_from.iter().any(|s| s.machine.target_features != first.target_features)),
+            ("threads", m.merged_from.iter().any(|s| s.machine.threads != first.threads)),
+            ("device", m.merged_from.iter().any(|s| s.machine.device != first.device)),
+            ("GPU", m.merged_from.iter().any(|s| s.machine.gpu != first.gpu)),
+        ]
+        .into_iter()
+        .filter(|(_, d)| *d)
+        .map(|(n, _)| n)
+        .collect();
+        if !differs.is_empty() {
+            notes.push(format!(
+                "The {} shards of this run ran on different hardware (they differ in: {}): compare throughput across shards with care; speedups are paired within one machine.",
+                m.merged_from.len(),
+                differs.join(", ")
+            ));
+        }
     }
-    let first = &m.merged_from[0].machine;
-    let differs: Vec<&str> = [
-        ("CPU", m.merged_from.iter().any(|s| s.machine.cpu != first.cpu)),
-        ("SIMD features", m.merged_from.iter().any(|s| s.machine.simd != first.simd)),
-        ("compiled target features", m.merged_from.iter().any(|s| s.machine.target_features != first.target_features)),
-        ("threads", m.merged_from.iter().any(|s| s.machine.threads != first.threads)),
-        ("device", m.merged_from.iter().any(|s| s.machine.device != first.device)),
-        ("GPU", m.merged_from.iter().any(|s| s.machine.gpu != first.gpu)),
-    ]
-    .into_iter()
-    .filter(|(_, d)| *d)
-    .map(|(n, _)| n)
-    .collect();
-    if differs.is_empty() {
-        return None;
+    let resumed = |label: &str, earlier: &[decodebench_tables::records::MachineMeta]| {
+        (!earlier.is_empty()).then(|| {
+            let list: Vec<String> = earlier.iter().map(|e| format!("{} ({} threads, {})", e.cpu, e.threads, e.device)).collect();
+            format!(
+                "{label} was resumed on other hardware than it started on ({}): a configuration and its greedy baseline may have been timed on different machines, so its speedups mix the two.",
+                list.join(", ")
+            )
+        })
+    };
+    notes.extend(resumed("This run", &m.earlier_machines));
+    for s in &m.merged_from {
+        notes.extend(resumed(&format!("Shard {}", s.shard.as_deref().unwrap_or(&s.dir)), &s.earlier_machines));
     }
-    Some(format!(
-        "The {} shards of this run ran on different hardware (they differ in: {}): compare throughput across shards with care; speedups are paired within one machine.",
-        m.merged_from.len(),
-        differs.join(", ")
-    ))
+    notes
+}
+
+/// A partial merge's banner: which shards are missing or incomplete.
+pub fn partial_notes(m: &RunMeta) -> Option<Block> {
+    (!m.partial.is_empty()).then(|| Block::Notes {
+        title: "PARTIAL RESULT: merged with --allow-partial; these questions or units are not in it:".into(),
+        items: m.partial.clone(),
+    })
 }
 
 pub fn metadata(f: &Folder) -> Vec<Block> {
@@ -384,9 +405,12 @@ pub fn metadata(f: &Folder) -> Vec<Block> {
     }
     if !m.merged_from.is_empty() {
         out.push(Block::Heading(3, "Shards".into()));
-        out.push(Block::Para(
-            shard_hardware_note(m).unwrap_or_else(|| format!("All {} shards ran on the same hardware.", m.merged_from.len())),
-        ));
+        let notes = hardware_notes(m);
+        out.push(Block::Para(if notes.is_empty() {
+            format!("All {} shards ran on the same hardware.", m.merged_from.len())
+        } else {
+            notes.join(" ")
+        }));
         out.push(Block::Table(Table::new(
             &["Shard", "Folder", "Hostname", "CPU", "Threads", "Device", "GPU", "Target features", "Started", "Ended"],
             m.merged_from

@@ -115,6 +115,29 @@ fn out_dir_is_separate_from_the_results() {
 }
 
 #[test]
+fn partial_merges_and_resumes_on_other_hardware_are_said_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    write_folder(&dir, 1.0, "host-a");
+    // Shards on one kind of machine, but shard 2 resumed on another, and shard 3 missing.
+    let mut m = meta("host-a");
+    let same = m.merged_from[0].machine.clone();
+    m.merged_from[1].machine = same;
+    m.merged_from[1].earlier_machines = vec![machine("n9", "Older CPU 7")];
+    m.partial = vec!["shard 3/3 is missing".into()];
+    decodebench_tables::records::write_json_atomic(&dir.join(decodebench_tables::records::META_FILE), &m).unwrap();
+    let out = report(&dir, None).unwrap();
+    for page in [std::fs::read_to_string(&out.markdown).unwrap(), std::fs::read_to_string(&out.html).unwrap()] {
+        let banner = page.find("PARTIAL RESULT").expect("no partial banner");
+        assert!(banner < page.find("Headline").unwrap(), "the banner comes before the headline");
+        assert!(page.contains("shard 3/3 is missing"));
+        assert!(page.contains("Shard 2/2 was resumed on other hardware") && page.contains("Older CPU 7"), "no resume note");
+        // The two shards themselves ran on the same hardware now.
+        assert!(!page.contains("shards of this run ran on different hardware"));
+    }
+}
+
+#[test]
 fn folder_without_steps_and_meta_still_reports() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");

@@ -150,6 +150,28 @@ pub struct RunMeta {
     /// The shards merged into this folder (`merge`), each with its machine.
     #[serde(default)]
     pub merged_from: Vec<ShardMeta>,
+    /// Machines an earlier start of this run (or shard) ran on, where a resume (a requeued
+    /// Slurm task, say) came back on other hardware: units from before and after the restart
+    /// were timed on different machines.
+    #[serde(default)]
+    pub earlier_machines: Vec<MachineMeta>,
+    /// Why this folder is not the whole sweep (`merge --allow-partial`: the shards missing or
+    /// incomplete), one line each; empty when it is whole.
+    #[serde(default)]
+    pub partial: Vec<String>,
+}
+
+impl MachineMeta {
+    /// Same hardware as far as timings go: CPU, SIMD, compiled features, threads, device, GPU
+    /// (the host name and node aside: two identical nodes time alike).
+    pub fn same_hardware(&self, other: &MachineMeta) -> bool {
+        self.cpu == other.cpu
+            && self.simd == other.simd
+            && self.target_features == other.target_features
+            && self.threads == other.threads
+            && self.device == other.device
+            && self.gpu == other.gpu
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,6 +181,9 @@ pub struct ShardMeta {
     pub machine: MachineMeta,
     pub started: String,
     pub ended: Option<String>,
+    /// The shard's own [`RunMeta::earlier_machines`].
+    #[serde(default)]
+    pub earlier_machines: Vec<MachineMeta>,
 }
 
 /// One model's forward-cost curve (`decodebench calibrate`).

@@ -65,6 +65,8 @@ fn meta(configs: Vec<ConfigKey>) -> RunMeta {
         started: "2026-01-01T00:00:00Z".into(),
         ended: Some("2026-01-01T00:01:40Z".into()),
         merged_from: vec![],
+        earlier_machines: vec![],
+        partial: vec![],
     }
 }
 

@@ -323,6 +323,8 @@ pub fn run(args: &RunArgs) -> Result<Option<RunOutcome>> {
         started: machine::now_rfc3339(),
         ended: None,
         merged_from: Vec::new(),
+        earlier_machines: Vec::new(),
+        partial: Vec::new(),
     };
     let meta_path = out.join(META_FILE);
     let existing = records::read_records(&out)?;
@@ -339,6 +341,22 @@ pub fn run(args: &RunArgs) -> Result<Option<RunOutcome>> {
             bail!("--resume: {} was started with another sweep ({why}); use another --out for the new one", out.display());
         }
         meta.started = old.started;
+        // A resume on other hardware (a requeued task on another node type): kept, and said,
+        // since units before and after the restart were timed on different machines.
+        meta.earlier_machines = old.earlier_machines;
+        if !old.machine.same_hardware(&meta.machine) && !meta.earlier_machines.iter().any(|m| m.same_hardware(&old.machine)) {
+            eprintln!(
+                "warning: {} was started on other hardware ({}, {} threads, {}); this resume runs on {}, {} threads, {}: units from the two are timed on different machines",
+                out.display(),
+                old.machine.cpu,
+                old.machine.threads,
+                old.machine.device,
+                meta.machine.cpu,
+                meta.machine.threads,
+                meta.machine.device
+            );
+            meta.earlier_machines.push(old.machine);
+        }
     } else if !existing.records.is_empty() {
         bail!("{} holds records but no {META_FILE}: not a results folder this run can resume", out.display());
     }
@@ -350,6 +368,9 @@ pub fn run(args: &RunArgs) -> Result<Option<RunOutcome>> {
     }
     let done: HashSet<String> = existing.records.iter().map(|r| r.unit.clone()).collect();
     let todo = units.iter().filter(|u| !done.contains(&u.hash)).count();
+    if !existing.records.is_empty() {
+        eprintln!("resuming {}: {} of {} units done, {todo} to run", out.display(), units.len() - todo, units.len());
+    }
 
     // Load the models (once; every configuration shares them).
     let mut target = models::load(&target_src, Some(&exp.models.target), None, &device)?;
@@ -692,12 +713,11 @@ pub fn merge(dirs: &[PathBuf], out: &Path, allow_partial: bool) -> Result<RunOut
             machine: m.machine.clone(),
             started: m.started.clone(),
             ended: m.ended.clone(),
+            earlier_machines: m.earlier_machines.clone(),
         })
         .collect();
-    if !problems.is_empty() {
-        meta.heads_note =
-            Some(format!("{}PARTIAL MERGE: {}", meta.heads_note.map(|n| format!("{n}; ")).unwrap_or_default(), problems.join("; ")));
-    }
+    meta.earlier_machines = Vec::new();
+    meta.partial = problems;
     records::write_json_atomic(&out.join(META_FILE), &meta)?;
     // The first shard's cost curve (shards on other hardware have their own; the report says so).
     let cal_src = shards[0].0.join(CALIBRATION_FILE);

@@ -326,6 +326,7 @@ pub fn meta(host: &str) -> RunMeta {
                 machine: machine("n1", "Test CPU 9000"),
                 started: "2026-01-01T00:00:00Z".into(),
                 ended: None,
+                earlier_machines: vec![],
             },
             ShardMeta {
                 dir: "s2".into(),
@@ -333,7 +334,10 @@ pub fn meta(host: &str) -> RunMeta {
                 machine: machine("n2", "Other CPU 42"),
                 started: "2026-01-01T00:00:00Z".into(),
                 ended: None,
+                earlier_machines: vec![],
             },
         ],
+        earlier_machines: vec![],
+        partial: vec![],
     }
 }
