@@ -68,6 +68,15 @@ pub fn train_prompts() -> Vec<PromptItem> {
         .expect("datasets/train-prompts.jsonl is valid (checked by a test)")
 }
 
+/// Held-out prompts for `eval-heads` and `tune-tree` (datasets/heads-heldout.jsonl): disjoint
+/// from the training prompts and from every other evaluation set (checked by a test).
+pub fn heldout_prompts() -> Vec<PromptItem> {
+    parse_prompts(include_str!("../../datasets/heads-heldout.jsonl"), HELDOUT_PROMPTS_PATH, true)
+        .expect("datasets/heads-heldout.jsonl is valid (checked by a test)")
+}
+
+pub const HELDOUT_PROMPTS_PATH: &str = "datasets/heads-heldout.jsonl";
+
 /// The shipped two-turn question set (datasets/mtbench-style.jsonl), embedded so that the runner
 /// works from any directory.
 pub fn default_questions() -> Vec<Question> {
@@ -375,6 +384,15 @@ mod tests {
     }
 
     #[test]
+    fn shipped_heldout_prompts_cover_every_category() {
+        let ps = heldout_prompts();
+        assert_eq!(ps.len(), 27);
+        for c in CATEGORIES.iter().chain(&["code"]) {
+            assert_eq!(ps.iter().filter(|p| p.category == *c).count(), 3, "{c}");
+        }
+    }
+
+    #[test]
     fn shipped_train_prompts_are_valid() {
         let ps = train_prompts();
         assert!((140..=170).contains(&ps.len()), "{}", ps.len());
@@ -677,6 +695,17 @@ mod tests {
         for p in default_verify_prompts() {
             eval.push((format!("datasets/verify.jsonl {}", p.id), normalized(&p.prompt)));
         }
+        let heldout: Vec<(String, Vec<char>)> =
+            heldout_prompts().iter().map(|p| (format!("{HELDOUT_PROMPTS_PATH} {}", p.id), normalized(&p.prompt))).collect();
+        // The held-out prompts are an evaluation set of their own: none may repeat another.
+        for (what, text) in &heldout {
+            for (other, o) in &eval {
+                if let Some(common) = too_similar(text, o, &SuffixAutomaton::new(o)) {
+                    panic!("{what} vs {other}: {common} common characters");
+                }
+            }
+        }
+        eval.extend(heldout);
         let automata: Vec<SuffixAutomaton> = eval.iter().map(|(_, t)| SuffixAutomaton::new(t)).collect();
         // The check itself must catch near-copies: a turn with its last word changed, and a
         // short prompt sharing only its opening phrase with a verify prompt.

@@ -12,6 +12,7 @@ pub mod data;
 pub mod decoding;
 pub mod doctor;
 pub mod fetch;
+pub mod heads;
 pub mod models;
 pub mod registry;
 pub mod runner;

@@ -50,6 +50,50 @@ enum Command {
     /// Hand a sweep to Slurm: a job array with one `run --shard K/N --resume` per task, and a
     /// merge job (tables and report) that waits for all of them.
     Slurm(SlurmCliArgs),
+    /// Train Medusa heads for a model by self-distillation (Medusa-1, backbone frozen): its own
+    /// greedy answers to the training prompts, its hidden states cached, AdamW with warm-up and
+    /// a cosine schedule. Every stage is cached in --out; --resume continues a checkpoint.
+    TrainHeads(TrainHeadsCliArgs),
+    /// Per-head top-1..top-10 accuracy of Medusa heads against the model's own greedy answers.
+    EvalHeads {
+        #[arg(long, default_value = "qwen2.5-coder-1.5b")]
+        model: String,
+        /// Heads file or folder (default: the heads shipped for the model).
+        #[arg(long)]
+        heads: Option<String>,
+        /// Prompts (default: datasets/heads-heldout.jsonl, which no training or evaluation set shares).
+        #[arg(long)]
+        prompts: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 128)]
+        max_new_tokens: usize,
+        /// One JSON object: {"top1": [per head], "top5": [per head], ...}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build the Medusa tree with the highest predicted speedup on this machine: the heads'
+    /// top-k acceptance on calibration prompts, the measured forward-cost curve, greedy
+    /// expansion on expected accepted tokens per unit of time. Writes a tree file.
+    TuneTree {
+        #[arg(long, default_value = "qwen2.5-coder-1.5b")]
+        model: String,
+        /// Heads file or folder (default: the heads shipped for the model).
+        #[arg(long)]
+        heads: Option<String>,
+        /// Calibration prompts (default: datasets/heads-heldout.jsonl).
+        #[arg(long)]
+        prompts: Option<std::path::PathBuf>,
+        /// Largest tree considered (nodes, root excluded).
+        #[arg(long, default_value_t = 64)]
+        max_nodes: usize,
+        /// Tree file to write (default: tuned-tree.json beside the heads).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 128)]
+        max_new_tokens: usize,
+        /// Cache length for the forward-cost curve.
+        #[arg(long, default_value_t = 256)]
+        context: usize,
+    },
     /// Measure the machine's forward-cost curve for a model: median ms of a forward over N block
     /// tokens on a cache of --context positions, and a memory-bandwidth probe.
     Calibrate {
@@ -185,6 +229,76 @@ struct SlurmCliArgs {
     /// Print the two scripts and the sbatch commands; write and submit nothing.
     #[arg(long)]
     dry_run: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum HeadLayoutArg {
+    /// Own vocabulary projection per head, initialised from lm_head.
+    V1,
+    /// ResBlocks only, reusing the base lm_head.
+    V2,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LossArg {
+    /// Cross-entropy on the base model's own greedy token.
+    Ce,
+    /// KL divergence to the base model's distribution.
+    Kl,
+}
+
+#[derive(clap::Args)]
+struct TrainHeadsCliArgs {
+    /// A default model name, a .gguf file or a Hugging Face folder.
+    #[arg(long)]
+    model: String,
+    /// Number of heads.
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    /// Folder for the heads (medusa_lm_head.safetensors, config.json), the corpus and the caches.
+    #[arg(long)]
+    out: std::path::PathBuf,
+    /// Training prompts (default: datasets/train-prompts.jsonl).
+    #[arg(long)]
+    prompts: Option<std::path::PathBuf>,
+    /// Length of the self-distilled answers.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    #[arg(long, value_enum, default_value = "v2")]
+    layout: HeadLayoutArg,
+    #[arg(long, value_enum, default_value = "ce")]
+    loss: LossArg,
+    #[arg(long, default_value_t = 4)]
+    epochs: usize,
+    /// Examples (answer positions) per step.
+    #[arg(long, default_value_t = 128)]
+    batch: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Share of the steps spent warming up.
+    #[arg(long, default_value_t = 0.05)]
+    warmup: f64,
+    /// Global gradient-norm clip.
+    #[arg(long, default_value_t = 1.0)]
+    clip: f64,
+    /// λ in the loss Σ_k λ^k · loss_k.
+    #[arg(long, default_value_t = 0.8)]
+    head_decay: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Reduced head vocabulary: the heads score only the V most frequent answer tokens of the
+    /// corpus (the id map is saved with them); training and drafting get cheaper by about
+    /// vocab / V, verification stays the full model.
+    #[arg(long)]
+    head_vocab: Option<usize>,
+    /// Steps between checkpoints.
+    #[arg(long, default_value_t = 50)]
+    checkpoint_every: usize,
+    /// Continue the training checkpoint in --out.
+    #[arg(long)]
+    resume: bool,
 }
 
 #[derive(clap::Args)]
@@ -389,8 +503,9 @@ fn load(name: &str, device: &candle_core::Device, progress: bool) -> Result<Load
 }
 
 fn load_heads(spec: &str, target: &LoadedModel, seed: u64, device: &candle_core::Device) -> Result<MedusaHeads> {
-    let heads = MedusaHeads::from_spec(spec, target.model.info(), seed, device).map_err(|e| anyhow::anyhow!("--heads {spec}: {e}"))?;
+    let mut heads = MedusaHeads::from_spec(spec, target.model.info(), seed, device).map_err(|e| anyhow::anyhow!("--heads {spec}: {e}"))?;
     heads.check_model(target.model.info()).map_err(|e| anyhow::anyhow!("--heads {spec}: {e}"))?;
+    decodebench::heads::bind_heads(&mut heads, &target.model)?;
     Ok(heads)
 }
 
@@ -619,6 +734,48 @@ fn slurm(args: &SlurmCliArgs) -> Result<()> {
     Ok(())
 }
 
+fn train_heads(a: &TrainHeadsCliArgs) -> Result<()> {
+    let args = decodebench::heads::TrainHeadsArgs {
+        model: a.model.clone(),
+        out: a.out.clone(),
+        prompts: a.prompts.clone(),
+        max_new_tokens: a.max_new_tokens,
+        train: decodebench::heads::train::TrainConfig {
+            num_heads: a.heads,
+            version: match a.layout {
+                HeadLayoutArg::V1 => 1,
+                HeadLayoutArg::V2 => 2,
+            },
+            loss: match a.loss {
+                LossArg::Ce => decodebench::heads::train::Loss::Ce,
+                LossArg::Kl => decodebench::heads::train::Loss::Kl,
+            },
+            lr: a.lr,
+            weight_decay: a.weight_decay,
+            warmup: a.warmup,
+            epochs: a.epochs,
+            batch: a.batch,
+            clip: a.clip,
+            head_decay: a.head_decay,
+            seed: a.seed,
+            head_vocab: a.head_vocab,
+        },
+        resume: a.resume,
+        checkpoint_every: a.checkpoint_every,
+        progress: true,
+    };
+    let log = decodebench::heads::train_heads(&args)?;
+    let top1: Vec<String> = log.epochs.last().map(|e| e.top1.iter().map(|t| format!("{t:.3}")).collect()).unwrap_or_default();
+    let loss = log.epochs.last().map_or(f64::NAN, |e| e.loss);
+    println!(
+        "{} heads for {}: {} prompts, {} answer tokens, {} examples, {} steps; corpus {:.0} s, hidden states {:.0} s, training {:.0} s ({}, {} threads)",
+        a.heads, log.model, log.prompts, log.corpus_tokens, log.examples, log.steps, log.corpus_s, log.hidden_s, log.train_s, log.cpu, log.threads
+    );
+    println!("last epoch on the training data: loss {loss:.3}, top-1 per head [{}]", top1.join(", "));
+    println!("heads: {}", a.out.join(decodebench_strategies::medusa::HEADS_FILE).display());
+    Ok(())
+}
+
 fn calibrate(model: &str, context: usize, tokens: &str, repeats: usize, json: bool, device_arg: DeviceArg) -> Result<()> {
     let tokens = decodebench::calibrate::parse_tokens(tokens)?;
     let device = device(device_arg)?;
@@ -678,6 +835,46 @@ fn run(cli: Cli) -> Result<()> {
             finish(&outcome, t0)
         }
         Command::Slurm(args) => slurm(&args),
+        Command::TrainHeads(args) => train_heads(&args),
+        Command::TuneTree { model, heads, prompts, max_nodes, out, max_new_tokens, context } => {
+            let args = decodebench::heads::TuneArgs { model, heads, prompts, max_nodes, out, max_new_tokens, context, progress: true };
+            let o = decodebench::heads::tune_command(&args)?;
+            print!("{}", decodebench::heads::format_accuracy(&o.accuracy));
+            println!("forward ms by block tokens: {:?}; heads {:.2} ms per step", o.curve.forward_ms, o.heads_ms);
+            println!("{:>6}  {:>9}  {:>9}", "nodes", "accepted", "speedup");
+            for (n, acc, sp) in &o.tree.by_size {
+                if *n <= 8 || n.is_power_of_two() || *n == o.tree.paths.len() || *n == o.tree.by_size.len() - 1 {
+                    println!("{n:>6}  {acc:>9.3}  {sp:>9.3}{}", if *n == o.tree.paths.len() { "  <- chosen" } else { "" });
+                }
+            }
+            if o.tree.predicted_speedup < 1.0 {
+                println!(
+                    "note: no tree pays off on this machine with these heads (predicted < 1.0 at every size): plain decoding is faster"
+                );
+            }
+            println!(
+                "tree: {} ({} nodes): predicted {:.3} tokens per step, predicted speedup {:.3}",
+                o.tree_file.display(),
+                o.tree.paths.len(),
+                o.tree.expected_accepted,
+                o.tree.predicted_speedup
+            );
+            Ok(())
+        }
+        Command::EvalHeads { model, heads, prompts, max_new_tokens, json } => {
+            let acc = decodebench::heads::eval_command(&model, heads.as_deref(), prompts.as_deref(), max_new_tokens, !json)?;
+            if json {
+                let col = |k: usize| acc.topk.iter().map(|row| row[k - 1]).collect::<Vec<f64>>();
+                println!(
+                    "{}",
+                    serde_json::json!({"top1": col(1), "top5": col(5), "top10": col(10), "positions": acc.positions,
+                        "top1_by_category": acc.top1_by_category, "heads": acc.heads, "prompts": acc.prompts})
+                );
+            } else {
+                print!("{}", decodebench::heads::format_accuracy(&acc));
+            }
+            Ok(())
+        }
         Command::Report { dir, compare, out } => report(dir, compare, out),
         Command::Calibrate { model, context, tokens, repeats, json, device } => calibrate(&model, context, &tokens, repeats, json, device),
         Command::Doctor { device } => decodebench::doctor::run(matches!(device, Some(DeviceArg::Cuda))),

@@ -243,6 +243,16 @@ pub struct Transformer {
 }
 
 impl Transformer {
+    /// The vocabulary projection as a dense f32 `(vocab, hidden)` matrix on the CPU: what
+    /// training Medusa heads differentiates through (the quantized kernels have no backward).
+    pub fn lm_head_weight(&self) -> Result<Tensor> {
+        let w = match &self.w.lm_head.weight {
+            QMatMul::QTensor(t) => t.dequantize(&Device::Cpu)?,
+            QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.to_device(&Device::Cpu)?,
+        };
+        w.to_dtype(DType::F32)
+    }
+
     pub fn new(name: String, cfg: TransformerConfig, w: TransformerWeights, dtype: DType, device: &Device) -> Result<Self> {
         let half = cfg.head_dim / 2;
         let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64) as f32).collect();

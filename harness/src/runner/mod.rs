@@ -206,7 +206,7 @@ fn source_path(source: &ModelSource) -> &Path {
 
 /// sha256 of a model: the catalog's checked hash for default models, else the file's own
 /// (a folder: its safetensors files' hashes, hashed together).
-fn model_sha256(name: &str, source: &ModelSource) -> Result<String> {
+pub(crate) fn model_sha256(name: &str, source: &ModelSource) -> Result<String> {
     if let Some(m) = crate::catalog::find(name) {
         return Ok(m.sha256.clone());
     }
@@ -380,14 +380,18 @@ pub fn run(args: &RunArgs) -> Result<Option<RunOutcome>> {
     };
     let heads = match &heads_spec {
         Some(spec) => {
-            let h = MedusaHeads::from_spec(spec, target.model.info(), exp.run.seed, &device)
+            let mut h = MedusaHeads::from_spec(spec, target.model.info(), exp.run.seed, &device)
                 .map_err(|e| anyhow::anyhow!("{file}: models.heads: {e}"))?;
             h.check_model(target.model.info()).map_err(|e| anyhow::anyhow!("{file}: models.heads: {e}"))?;
+            crate::heads::bind_heads(&mut h, &target.model)?;
             Some(h)
         }
         None => None,
     };
     meta.models = model_metas(&exp, &target, &target_src, draft.as_ref().zip(draft_src.as_ref()), heads_spec.as_deref())?;
+    if let (Some(spec), Some(sha)) = (&heads_spec, &meta.models[0].sha256) {
+        crate::heads::check_base_model(spec, &exp.models.target, sha).with_context(|| format!("{file}: models.heads"))?;
+    }
     let mut conversions = target.conversions.clone();
     if let Some(d) = &draft {
         conversions.extend(d.conversions.iter().map(|c| format!("draft: {c}")));

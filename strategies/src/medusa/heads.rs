@@ -20,6 +20,10 @@ use crate::{DecoderModel, ModelInfo};
 /// File name of the official heads (FasterDecoding Medusa checkpoints).
 pub const HEADS_FILE: &str = "medusa_lm_head.safetensors";
 
+/// Beside a heads file, the id map of reduced-vocabulary heads: `{"token_ids": [..]}`, the
+/// model token id of each of the heads' V outputs (`train-heads --head-vocab V`).
+pub const HEAD_VOCAB_FILE: &str = "head_vocab.json";
+
 /// Where each head's vocabulary projection comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeadLayout {
@@ -47,6 +51,12 @@ pub struct MedusaHeads {
     res_blocks: Vec<ResBlock>,
     /// `(K, hidden, vocab)` (own projections transposed), Medusa-1 only.
     projection: Option<Tensor>,
+    /// Reduced vocabulary: the model token id of each head output. Own projections then have
+    /// this many rows; Medusa-2 heads project on these rows of the base lm_head, bound once by
+    /// [`MedusaHeads::bind_lm_head_rows`].
+    token_ids: Option<Vec<u32>>,
+    /// `(hidden, V)`: the bound lm_head rows of reduced Medusa-2 heads, transposed.
+    reduced_rows: Option<Tensor>,
     /// Where the weights came from: a file or `random:K (seed S)`.
     source: String,
 }
@@ -78,6 +88,8 @@ impl MedusaHeads {
             layout,
             res_blocks: vec![ResBlock { w_t, bias }],
             projection,
+            token_ids: None,
+            reduced_rows: None,
             source: format!("random:{num_heads} (seed {seed})"),
         })
     }
@@ -230,7 +242,103 @@ impl MedusaHeads {
         } else {
             (HeadLayout::SharedLmHead, None)
         };
-        Ok(Self { num_heads, hidden_size, layout, res_blocks, projection, source: fname })
+        let token_ids = read_head_vocab(&file.with_file_name(HEAD_VOCAB_FILE))?;
+        if let (Some(ids), Some(p)) = (&token_ids, &projection) {
+            if p.dims()[2] != ids.len() {
+                candle_core::bail!(
+                    "Medusa heads {fname}: the projections have {} rows but {HEAD_VOCAB_FILE} maps {} tokens",
+                    p.dims()[2],
+                    ids.len()
+                );
+            }
+        }
+        let heads = Self { num_heads, hidden_size, layout, res_blocks, projection, token_ids, reduced_rows: None, source: fname };
+        heads.check_config(&file.with_file_name("config.json"))?;
+        Ok(heads)
+    }
+
+    /// Token ids of reduced Medusa-2 heads whose lm_head rows are not bound yet: the caller
+    /// passes those rows of the model's lm_head to [`MedusaHeads::bind_lm_head_rows`].
+    pub fn unbound_token_ids(&self) -> Option<&[u32]> {
+        match (self.layout, &self.token_ids, &self.reduced_rows) {
+            (HeadLayout::SharedLmHead, Some(ids), None) => Some(ids),
+            _ => None,
+        }
+    }
+
+    /// Binds the lm_head rows `(V, hidden)` (in [`MedusaHeads::unbound_token_ids`] order) that
+    /// reduced Medusa-2 heads project on; kept in f32 on their device.
+    pub fn bind_lm_head_rows(&mut self, rows: &Tensor) -> Result<()> {
+        let n = self.token_ids.as_ref().map_or(0, Vec::len);
+        if rows.dims() != [n, self.hidden_size] {
+            candle_core::bail!(
+                "Medusa heads {}: lm_head rows of shape {:?}, expected ({n}, {})",
+                self.source,
+                rows.dims(),
+                self.hidden_size
+            );
+        }
+        self.reduced_rows = Some(rows.to_dtype(DType::F32)?.t()?.contiguous()?);
+        Ok(())
+    }
+
+    /// Size of the heads' output vocabulary when reduced (`None`: the model's).
+    pub fn head_vocab(&self) -> Option<usize> {
+        self.token_ids.as_ref().map(Vec::len)
+    }
+
+    /// The model token id of head output `i`.
+    pub fn token_id(&self, i: u32) -> u32 {
+        self.token_ids.as_ref().map_or(i, |ids| ids[i as usize])
+    }
+
+    /// The top `top_k` candidate tokens of the first `depth` heads for ONE hidden state, best
+    /// first, as model token ids.
+    pub fn candidates(&self, hidden: &Tensor, model: &dyn DecoderModel, depth: usize, top_k: usize) -> Result<Vec<Vec<u32>>> {
+        let logits = self.logits(hidden, model)?.narrow(0, 0, depth)?;
+        let mut c = crate::host::top_k_tokens(&logits, top_k)?;
+        if self.token_ids.is_some() {
+            c.iter_mut().flatten().for_each(|t| *t = self.token_id(*t));
+        }
+        Ok(c)
+    }
+
+    /// Projection of reduced Medusa-2 heads: `x (.., hidden)` on the bound rows.
+    fn reduced_logits(&self, x: &Tensor) -> Result<Tensor> {
+        let Some(rows) = &self.reduced_rows else {
+            candle_core::bail!(
+                "Medusa heads {}: reduced-vocabulary heads need their lm_head rows bound (MedusaHeads::bind_lm_head_rows)",
+                self.source
+            );
+        };
+        x.broadcast_matmul(rows)
+    }
+
+    /// A `config.json` beside the heads file (Medusa's, or one `train-heads` wrote) must agree
+    /// with the tensors: `medusa_num_heads`, `medusa_num_layers` and `version` (1: own
+    /// projections, 2: the base lm_head), where present.
+    fn check_config(&self, path: &Path) -> Result<()> {
+        let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+        let name = path.display();
+        let cfg: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| candle_core::Error::Msg(format!("Medusa heads config {name}: not JSON: {e}")))?;
+        let field = |key: &str| cfg.get(key).and_then(serde_json::Value::as_u64);
+        let version = match self.layout {
+            HeadLayout::OwnProjection => 1,
+            HeadLayout::SharedLmHead => 2,
+        };
+        for (key, expected, what) in [
+            ("medusa_num_heads", self.num_heads, "heads"),
+            ("medusa_num_layers", self.res_blocks.len(), "ResBlocks per head"),
+            ("version", version, "layout version (1: own projections, 2: the base lm_head)"),
+        ] {
+            if let Some(v) = field(key) {
+                if v != expected as u64 {
+                    candle_core::bail!("Medusa heads config {name}: `{key}` is {v}, but {} holds {expected} ({what})", self.source);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Heads from a CLI spec: `random:K` (seeded random Medusa-2 heads sized for the model) or
@@ -284,7 +392,16 @@ impl MedusaHeads {
                 info.hidden_size
             );
         }
-        if let Some(v) = self.vocab_size() {
+        if let Some(ids) = &self.token_ids {
+            if let Some(&bad) = ids.iter().find(|&&t| t as usize >= info.vocab_size) {
+                candle_core::bail!(
+                    "Medusa heads {}: {HEAD_VOCAB_FILE} maps token {bad}, outside model {}'s vocabulary of {}",
+                    self.source,
+                    info.name,
+                    info.vocab_size
+                );
+            }
+        } else if let Some(v) = self.vocab_size() {
             if v != info.vocab_size {
                 candle_core::bail!(
                     "Medusa heads {} project to {v} tokens, but model {} has a vocabulary of {}",
@@ -295,6 +412,27 @@ impl MedusaHeads {
             }
         }
         Ok(())
+    }
+
+    /// Every head's logits for each of `n` hidden states `(n, hidden)`: `(K, n, vocab)` f32.
+    /// What evaluating heads on a corpus needs; decoding uses [`MedusaHeads::logits`].
+    pub fn logits_rows(&self, hidden: &Tensor, model: &dyn DecoderModel) -> Result<Tensor> {
+        let (n, h) = hidden.dims2()?;
+        if h != self.hidden_size {
+            candle_core::bail!("Medusa heads take hidden states of size {}, got shape {:?}", self.hidden_size, hidden.dims());
+        }
+        let dtype = hidden.dtype();
+        let k = self.num_heads;
+        let mut x = hidden.to_dtype(DType::F32)?.unsqueeze(0)?.broadcast_as((k, n, h))?.contiguous()?;
+        for block in &self.res_blocks {
+            let y = x.matmul(&block.w_t)?.broadcast_add(&block.bias)?.silu()?;
+            x = (x + y)?;
+        }
+        match (&self.projection, &self.token_ids) {
+            (Some(p), _) => x.matmul(p),
+            (None, Some(_)) => self.reduced_logits(&x),
+            (None, None) => model.lm_head(&x.reshape((k * n, h))?.to_dtype(dtype)?)?.to_dtype(DType::F32)?.reshape((k, n, ())),
+        }
     }
 
     /// Every head's logits for ONE hidden state (`hidden` of shape `(.., hidden)` holding a single
@@ -311,11 +449,32 @@ impl MedusaHeads {
             let y = x.matmul(&block.w_t)?.broadcast_add(&block.bias)?.silu()?;
             x = (x + y)?;
         }
-        match &self.projection {
-            Some(p) => x.matmul(p)?.reshape((k, ())),
-            None => model.lm_head(&x.reshape((k, h))?.to_dtype(dtype)?)?.to_dtype(DType::F32),
+        match (&self.projection, &self.token_ids) {
+            (Some(p), _) => x.matmul(p)?.reshape((k, ())),
+            (None, Some(_)) => self.reduced_logits(&x.reshape((k, h))?),
+            (None, None) => model.lm_head(&x.reshape((k, h))?.to_dtype(dtype)?)?.to_dtype(DType::F32),
         }
     }
+}
+
+/// `head_vocab.json` (`{"token_ids": [..]}`), where present: non-empty, no id twice.
+fn read_head_vocab(path: &Path) -> Result<Option<Vec<u32>>> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(None) };
+    let name = path.display();
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| candle_core::Error::Msg(format!("{name}: not JSON: {e}")))?;
+    let ids: Vec<u32> = v
+        .get("token_ids")
+        .and_then(serde_json::Value::as_array)
+        .and_then(|a| a.iter().map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok())).collect::<Option<Vec<u32>>>())
+        .ok_or_else(|| candle_core::Error::Msg(format!("{name}: field `token_ids` must be a list of token ids")))?;
+    if ids.is_empty() {
+        candle_core::bail!("{name}: field `token_ids` is empty");
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(d) = ids.iter().find(|&&t| !seen.insert(t)) {
+        candle_core::bail!("{name}: field `token_ids`: token {d} appears twice");
+    }
+    Ok(Some(ids))
 }
 
 fn shape_err(file: &str, key: &str, expected: &str, t: &Tensor) -> candle_core::Error {

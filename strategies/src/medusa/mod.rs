@@ -27,7 +27,7 @@ mod tree;
 use candle_core::{IndexOp, Result, Tensor};
 
 pub use acceptance::{match_path, typical_path, typical_threshold, AcceptanceRule};
-pub use heads::{HeadLayout, MedusaHeads, HEADS_FILE};
+pub use heads::{HeadLayout, MedusaHeads, HEADS_FILE, HEAD_VOCAB_FILE};
 pub use tree::{TreeTopology, DEFAULT_MAX_TOP_K, MAX_TREE_NODES, SHIPPED_TREES};
 
 use crate::clock;
@@ -125,8 +125,7 @@ pub fn generate(
         block.push(root);
         let depth = tree.block_depths()[..=nodes].iter().copied().max().unwrap_or(0);
         if nodes > 0 {
-            let head_logits = heads.logits(&hidden, &*model)?.narrow(0, 0, depth)?;
-            let candidates = host::top_k_tokens(&head_logits, tree.top_k())?;
+            let candidates = heads.candidates(&hidden, &*model, depth, tree.top_k())?;
             block.extend((1..=nodes).map(|row| {
                 let (d, i) = tree.choice(row);
                 candidates[d - 1][i]
