@@ -71,6 +71,13 @@ fn train(s: &Setup, out: &Path, epochs: &str, extra: &[&str]) -> Output {
     decodebench(&args)
 }
 
+/// `eval-heads --json` of the heads in `heads` on the training prompts.
+fn eval_json(s: &Setup, heads: &Path) -> serde_json::Value {
+    let args = ["eval-heads", "--model", s.model.to_str().unwrap(), "--heads", heads.to_str().unwrap()];
+    let out = ok(&decodebench(&[&args[..], &["--prompts", s.prompts.to_str().unwrap(), "--max-new-tokens", "40", "--json"]].concat()));
+    serde_json::from_str(&out).unwrap()
+}
+
 #[test]
 fn heads_learn_the_models_own_continuation() {
     let s = setup();
@@ -89,19 +96,7 @@ fn heads_learn_the_models_own_continuation() {
         assert!(b > a + 0.2, "head {h}: top-1 {a} -> {b}");
     }
     // The heads score well on their own training answers, as eval-heads measures it.
-    let json = ok(&decodebench(&[
-        "eval-heads",
-        "--model",
-        s.model.to_str().unwrap(),
-        "--heads",
-        out.to_str().unwrap(),
-        "--prompts",
-        s.prompts.to_str().unwrap(),
-        "--max-new-tokens",
-        "40",
-        "--json",
-    ]));
-    let acc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let acc = eval_json(&s, &out);
     let top1 = acc["top1"].as_array().unwrap();
     let top5 = acc["top5"].as_array().unwrap();
     assert_eq!(top1.len(), 2);
@@ -219,19 +214,7 @@ fn reduced_vocabulary_heads_train_load_and_draft() {
         let log: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("training.json")).unwrap()).unwrap();
         let epochs = log["epochs"].as_array().unwrap();
         assert!(epochs[7]["loss"].as_f64().unwrap() < epochs[0]["loss"].as_f64().unwrap(), "{layout}: {log}");
-        let acc: serde_json::Value = serde_json::from_str(&ok(&decodebench(&[
-            "eval-heads",
-            "--model",
-            s.model.to_str().unwrap(),
-            "--heads",
-            out.to_str().unwrap(),
-            "--prompts",
-            s.prompts.to_str().unwrap(),
-            "--max-new-tokens",
-            "40",
-            "--json",
-        ])))
-        .unwrap();
+        let acc = eval_json(&s, &out);
         assert!(acc["top1"][0].as_f64().unwrap() > 0.3, "{layout}: {acc}");
         // Drafting over the reduced vocabulary, verified by the full model: greedy's tokens.
         let run = |strategy: &[&str]| -> serde_json::Value {
