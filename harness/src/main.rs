@@ -722,7 +722,7 @@ fn slurm(args: &SlurmCliArgs) -> Result<()> {
         println!("# {}\n{}", s.merge_path.display(), s.merge);
         println!("# submitted with:");
         println!("#   sbatch --parsable {}", s.array_path.display());
-        println!("#   sbatch --parsable --dependency=afterok:<array job> --kill-on-invalid-dep=yes {}", s.merge_path.display());
+        println!("#   sbatch --parsable --dependency=afterany:<array job> {} <array job>", s.merge_path.display());
         return Ok(());
     }
     let sub = decodebench::slurm::submit(&slurm_args, &exe)?;

@@ -1,6 +1,6 @@
 //! `decodebench slurm CONFIG --shards N --out DIR`: hands a sweep to Slurm as a job array of
 //! `run --shard K/N --resume` tasks, and a merge job that waits for all of them
-//! (`--dependency=afterok`). Slurm does the scheduling; this module only writes the scripts and
+//! (`--dependency=afterany`, then waiting out requeued tasks). Slurm does the scheduling; this module only writes the scripts and
 //! submits them.
 //!
 //! Layout of DIR: `shard-K/` (one results folder per task), `merged/` (the merge, with its
@@ -197,9 +197,10 @@ pub fn scripts(args: &SlurmArgs, exe: &Path) -> Result<SlurmScripts> {
     let shard_dirs = (1..=n).map(|k| quote_path(&shard_dir(&out, k))).collect::<Vec<_>>().join(" ");
     let mut merge = format!(
         "#!/bin/bash\n\
-         # decodebench sweep {config}: merges the {n} shards once every array task succeeded\n\
-         # (submitted with --dependency=afterok on the array) into {merged}: the tables of the\n\
-         # whole sweep and its report (merge writes both; a missing shard stops it, named).\n\
+         # decodebench sweep {config}: merges the {n} shards into {merged}, the tables of the\n\
+         # whole sweep and its report. Submitted with --dependency=afterany on the array, whose job\n\
+         # id is its first argument; it first waits while any task is still queued (a requeued\n\
+         # task ends once, then runs again), then merges: a failed or missing shard stops it, named.\n\
          #SBATCH --job-name={job}-merge\n\
          #SBATCH --output={logs}/merge.log\n\
          #SBATCH --open-mode=append\n\
@@ -210,6 +211,8 @@ pub fn scripts(args: &SlurmArgs, exe: &Path) -> Result<SlurmScripts> {
     );
     merge.push_str(&resource_lines(args, false));
     merge.push_str("set -euo pipefail\n");
+    merge.push_str("array=${1:?the array job id}\n");
+    merge.push_str("while [ -n \"$(squeue -h -j \"$array\" -o %i 2>/dev/null)\" ]; do sleep 10; done\n");
     merge.push_str(&format!("exec {exe_q} merge {shard_dirs} --out {}\n", quote_path(&merged_dir(&out))));
     Ok(SlurmScripts { array_path: logs.join("shards.sbatch"), array, merge_path: logs.join("merge.sbatch"), merge, notes })
 }
@@ -220,11 +223,12 @@ fn parse_job_id(stdout: &str) -> Option<String> {
     (!id.is_empty() && id.chars().all(|c| c.is_ascii_digit())).then(|| id.to_string())
 }
 
-fn sbatch(extra: &[&str], script: &Path) -> Result<String> {
+fn sbatch(extra: &[&str], script: &Path, script_args: &[&str]) -> Result<String> {
     let out = Command::new("sbatch")
         .arg("--parsable")
         .args(extra)
         .arg(script)
+        .args(script_args)
         .output()
         .context("cannot run sbatch: is Slurm's client installed and on PATH (a login node)?")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -244,8 +248,11 @@ pub fn submit(args: &SlurmArgs, exe: &Path) -> Result<Submitted> {
     for (path, text) in [(&s.array_path, &s.array), (&s.merge_path, &s.merge)] {
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    let array_job = sbatch(&[], &s.array_path)?;
-    let merge_job = sbatch(&[&format!("--dependency=afterok:{array_job}"), "--kill-on-invalid-dep=yes"], &s.merge_path)
+    let array_job = sbatch(&[], &s.array_path, &[])?;
+    // afterany, not afterok: a requeued task counts as ended once (cancelled for the requeue),
+    // which fails an afterok dependency for good; the merge script waits for it instead, and
+    // merge itself names a shard that failed.
+    let merge_job = sbatch(&[&format!("--dependency=afterany:{array_job}")], &s.merge_path, &[&array_job])
         .with_context(|| format!("the array job {array_job} is submitted; cancel it with `scancel {array_job}`"))?;
     Ok(Submitted { array_job, merge_job, merged: merged_dir(&absolute(&args.out)?), notes: s.notes })
 }
@@ -301,7 +308,9 @@ mod tests {
                 out.display()
             )
         );
-        // The merge takes every shard, and needs no GPU.
+        // The merge waits out queued (requeued) tasks of the array it is given, takes every
+        // shard, and needs no GPU.
+        assert!(s.merge.contains("array=${1:?") && s.merge.contains("squeue -h -j \"$array\""), "{}", s.merge);
         assert!(!s.merge.contains("--gres"), "{}", s.merge);
         let merge_line = s.merge.lines().find(|l| l.contains(" merge ")).unwrap();
         for k in 1..=3 {
