@@ -56,16 +56,8 @@ enum Command {
     TrainHeads(TrainHeadsCliArgs),
     /// Per-head top-1..top-10 accuracy of Medusa heads against the model's own greedy answers.
     EvalHeads {
-        #[arg(long, default_value = "qwen2.5-coder-1.5b")]
-        model: String,
-        /// Heads file or folder (default: the heads shipped for the model).
-        #[arg(long)]
-        heads: Option<String>,
-        /// Prompts (default: datasets/heads-heldout.jsonl, which no training or evaluation set shares).
-        #[arg(long)]
-        prompts: Option<std::path::PathBuf>,
-        #[arg(long, default_value_t = 128)]
-        max_new_tokens: usize,
+        #[command(flatten)]
+        source: HeadsSourceArgs,
         /// One JSON object: {"top1": [per head], "top5": [per head], ...}.
         #[arg(long)]
         json: bool,
@@ -74,22 +66,14 @@ enum Command {
     /// top-k acceptance on calibration prompts, the measured forward-cost curve, greedy
     /// expansion on expected accepted tokens per unit of time. Writes a tree file.
     TuneTree {
-        #[arg(long, default_value = "qwen2.5-coder-1.5b")]
-        model: String,
-        /// Heads file or folder (default: the heads shipped for the model).
-        #[arg(long)]
-        heads: Option<String>,
-        /// Calibration prompts (default: datasets/heads-heldout.jsonl).
-        #[arg(long)]
-        prompts: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        source: HeadsSourceArgs,
         /// Largest tree considered (nodes, root excluded).
         #[arg(long, default_value_t = 64)]
         max_nodes: usize,
         /// Tree file to write (default: tuned-tree.json beside the heads).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
-        #[arg(long, default_value_t = 128)]
-        max_new_tokens: usize,
         /// Cache length for the forward-cost curve.
         #[arg(long, default_value_t = 256)]
         context: usize,
@@ -229,6 +213,34 @@ struct SlurmCliArgs {
     /// Print the two scripts and the sbatch commands; write and submit nothing.
     #[arg(long)]
     dry_run: bool,
+}
+
+/// The heads `eval-heads` and `tune-tree` score, and the prompts they are scored on.
+#[derive(clap::Args)]
+struct HeadsSourceArgs {
+    #[arg(long, default_value = "qwen2.5-coder-1.5b")]
+    model: String,
+    /// Heads file or folder (default: the heads shipped for the model).
+    #[arg(long)]
+    heads: Option<String>,
+    /// Prompts the model answers and the heads are scored on (default:
+    /// datasets/heads-heldout.jsonl, which no training or evaluation set shares).
+    #[arg(long)]
+    prompts: Option<std::path::PathBuf>,
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+}
+
+impl HeadsSourceArgs {
+    fn source(self, progress: bool) -> decodebench::heads::HeadsSource {
+        decodebench::heads::HeadsSource {
+            model: self.model,
+            heads: self.heads,
+            prompts: self.prompts,
+            max_new_tokens: self.max_new_tokens,
+            progress,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -836,8 +848,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Slurm(args) => slurm(&args),
         Command::TrainHeads(args) => train_heads(&args),
-        Command::TuneTree { model, heads, prompts, max_nodes, out, max_new_tokens, context } => {
-            let args = decodebench::heads::TuneArgs { model, heads, prompts, max_nodes, out, max_new_tokens, context, progress: true };
+        Command::TuneTree { source, max_nodes, out, context } => {
+            let args = decodebench::heads::TuneArgs { source: source.source(true), max_nodes, out, context };
             let o = decodebench::heads::tune_command(&args)?;
             print!("{}", decodebench::heads::format_accuracy(&o.accuracy));
             println!("forward ms by block tokens: {:?}; heads {:.2} ms per step", o.curve.forward_ms, o.heads_ms);
@@ -861,8 +873,8 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::EvalHeads { model, heads, prompts, max_new_tokens, json } => {
-            let acc = decodebench::heads::eval_command(&model, heads.as_deref(), prompts.as_deref(), max_new_tokens, !json)?;
+        Command::EvalHeads { source, json } => {
+            let acc = decodebench::heads::eval_command(&source.source(!json))?;
             if json {
                 let col = |k: usize| acc.topk.iter().map(|row| row[k - 1]).collect::<Vec<f64>>();
                 println!(

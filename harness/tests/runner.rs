@@ -184,23 +184,27 @@ fn summary_rows(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `dir/run.toml`: speculative decoding on SmolLM2 with itself as the draft (so units take
+/// real time) on `questions` one-turn questions; `run_extra` adds lines to `[run]`.
+fn self_draft_config(dir: &Path, questions: usize, run_extra: &str) -> PathBuf {
+    let model = common::smollm2_gguf();
+    let prompts = dir.join("q.jsonl");
+    write_questions(&prompts, questions);
+    let config = dir.join("run.toml");
+    let text = format!(
+        "[models]\ntarget = \"{0}\"\ndraft = \"{0}\"\n[run]\nprompts = \"{1}\"\nturns = 1\n{run_extra}warmup = 0\ncalibrate_tokens = [1, 2]\n[[strategies]]\nname = \"speculative\"\ngamma = 3\n",
+        model.display(),
+        prompts.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
 #[test]
 fn a_killed_run_resumes_to_exactly_the_uninterrupted_rows() {
     // A real model, so that units take long enough to be killed in the middle of the run.
-    let model = common::smollm2_gguf();
     let dir = tempfile::tempdir().unwrap();
-    let prompts = dir.path().join("q.jsonl");
-    write_questions(&prompts, 4);
-    let config = dir.path().join("kill.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[models]\ntarget = \"{0}\"\ndraft = \"{0}\"\n[run]\nprompts = \"{1}\"\nturns = 1\nmax_new_tokens = 10\nwarmup = 0\ncalibrate_tokens = [1, 2]\n[[strategies]]\nname = \"speculative\"\ngamma = 3\n",
-            model.display(),
-            prompts.display()
-        ),
-    )
-    .unwrap();
+    let config = self_draft_config(dir.path(), 4, "max_new_tokens = 10\n");
     let (cfg, full, killed) = (config.to_str().unwrap(), dir.path().join("full"), dir.path().join("killed"));
     ok(&decodebench(&["run", cfg, "--out", full.to_str().unwrap()]));
     let total = content(&full).len();
@@ -403,20 +407,8 @@ fn slurm_sweep_in_two_shards_merges_into_the_unsharded_run() {
 #[ignore = "starts a real Slurm (root; Debian's slurm-wlm and munge): cargo test --workspace --test runner -- --ignored slurm"]
 fn slurm_task_requeued_mid_run_resumes_without_duplicate_rows() {
     // A real model, so that a shard runs long enough to be requeued in the middle.
-    let model = common::smollm2_gguf();
     let dir = tempfile::tempdir().unwrap();
-    let prompts = dir.path().join("q.jsonl");
-    write_questions(&prompts, 6);
-    let config = dir.path().join("requeue.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[models]\ntarget = \"{0}\"\ndraft = \"{0}\"\n[run]\nprompts = \"{1}\"\nturns = 1\nmax_new_tokens = 16\nwarmup = 0\nthreads = 1\ncalibrate_tokens = [1, 2]\n[[strategies]]\nname = \"speculative\"\ngamma = 3\n",
-            model.display(),
-            prompts.display()
-        ),
-    )
-    .unwrap();
+    let config = self_draft_config(dir.path(), 6, "max_new_tokens = 16\nthreads = 1\n");
     let full = dir.path().join("full");
     ok(&decodebench(&["run", config.to_str().unwrap(), "--out", full.to_str().unwrap()]));
 

@@ -241,10 +241,8 @@ pub fn cached_hidden_states(model: &mut LoadedModel, corpus: &[CorpusEntry], has
     }
     let h = hidden_states(model, corpus, progress)?;
     std::fs::create_dir_all(cache).with_context(|| format!("cannot create {}", cache.display()))?;
-    let tmp = path.with_extension("safetensors.tmp");
     let map = std::collections::HashMap::from([("hidden".to_string(), h.to_dtype(DType::F16)?)]);
-    candle_core::safetensors::save(&map, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    super::save_safetensors_atomic(&map, &path)?;
     // Train on what the cache holds (f16), so a first run and a cached rerun see the same data.
     Ok(h.to_dtype(DType::F16)?.to_dtype(DType::F32)?)
 }

@@ -92,6 +92,20 @@ struct CheckpointMeta {
     training: TrainConfig,
 }
 
+/// Writes tensors as safetensors through a temporary file and a rename, so that a killed run
+/// never leaves half a file where a cache or the heads are read from.
+pub(crate) fn save_safetensors_atomic(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    let tmp = path.with_extension("safetensors.tmp");
+    candle_core::safetensors::save(tensors, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The folder holding the heads a spec names (a heads file or its folder): where their
+/// `config.json` and a tuned tree sit.
+fn heads_dir(spec: &str) -> PathBuf {
+    decodebench_strategies::medusa::heads_file(Path::new(spec)).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
 fn load_model(name: &str, progress: bool) -> Result<(LoadedModel, String)> {
     let source = resolve_model(name, progress)?;
     let sha = crate::runner::model_sha256(name, &source)?;
@@ -192,11 +206,8 @@ pub fn train_heads(args: &TrainHeadsArgs) -> Result<TrainingLog> {
     let train_s = t2.elapsed().as_secs_f64();
 
     // The heads, f16, in the official layout, and what they were made from.
-    let tensors = trainer.head_tensors(DType::F16)?;
     let heads_path = out.join(HEADS_FILE);
-    let tmp = heads_path.with_extension("safetensors.tmp");
-    candle_core::safetensors::save(&tensors, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &heads_path).with_context(|| format!("cannot write {}", heads_path.display()))?;
+    save_safetensors_atomic(&trainer.head_tensors(DType::F16)?, &heads_path)?;
     let config = HeadsConfig {
         medusa_num_heads: cfg.num_heads,
         medusa_num_layers: 1,
@@ -398,9 +409,7 @@ pub fn check_base_model(spec: &str, model: &str, sha: &str) -> Result<()> {
     if spec.starts_with("random:") {
         return Ok(());
     }
-    let p = Path::new(spec);
-    let dir = if p.is_dir() { p.to_path_buf() } else { p.parent().map(Path::to_path_buf).unwrap_or_default() };
-    let cfg_path = dir.join(CONFIG_FILE);
+    let cfg_path = heads_dir(spec).join(CONFIG_FILE);
     let Ok(text) = std::fs::read_to_string(&cfg_path) else { return Ok(()) };
     let v: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("Medusa heads config {}: not JSON", cfg_path.display()))?;
@@ -418,41 +427,50 @@ pub fn check_base_model(spec: &str, model: &str, sha: &str) -> Result<()> {
     Ok(())
 }
 
-/// Loads heads for `eval-heads` (default: the ones shipped for the model) and scores them.
-pub fn eval_command(
-    model_name: &str,
-    heads: Option<&str>,
-    prompts: Option<&Path>,
-    max_new_tokens: usize,
-    progress: bool,
-) -> Result<HeadAccuracy> {
-    let prompts = match prompts {
-        Some(p) => crate::data::load_prompts(p)?,
-        None => crate::data::heldout_prompts(),
-    };
-    let (spec, _) = crate::runner::default_heads(heads, model_name);
-    if spec.starts_with("random:") && heads.is_none() {
-        bail!("no heads are shipped for {model_name}: pass --heads PATH (or random:K)");
+/// What `eval-heads` and `tune-tree` score: a model, heads for it (default: the ones shipped
+/// for the model) and prompts to answer (default: datasets/heads-heldout.jsonl).
+#[derive(Debug, Clone)]
+pub struct HeadsSource {
+    pub model: String,
+    pub heads: Option<String>,
+    pub prompts: Option<PathBuf>,
+    pub max_new_tokens: usize,
+    pub progress: bool,
+}
+
+impl HeadsSource {
+    /// The prompts, the loaded model, its heads (checked and bound) and their spec.
+    fn load(&self) -> Result<(Vec<PromptItem>, LoadedModel, MedusaHeads, String)> {
+        let prompts = match &self.prompts {
+            Some(p) => crate::data::load_prompts(p)?,
+            None => crate::data::heldout_prompts(),
+        };
+        let (spec, _) = crate::runner::default_heads(self.heads.as_deref(), &self.model);
+        if spec.starts_with("random:") && self.heads.is_none() {
+            bail!("no heads are shipped for {}: pass --heads PATH (or random:K)", self.model);
+        }
+        let (model, sha) = load_model(&self.model, self.progress)?;
+        let heads = load_checked_heads(&spec, &model, &sha)?;
+        Ok((prompts, model, heads, spec))
     }
-    let (mut model, sha) = load_model(model_name, progress)?;
-    let h = load_checked_heads(&spec, &model, &sha)?;
-    eval_heads(&mut model, &h, &prompts, max_new_tokens, progress)
+}
+
+/// `eval-heads`: loads the heads and scores them.
+pub fn eval_command(source: &HeadsSource) -> Result<HeadAccuracy> {
+    let (prompts, mut model, heads, _) = source.load()?;
+    eval_heads(&mut model, &heads, &prompts, source.max_new_tokens, source.progress)
 }
 
 /// `decodebench tune-tree`'s arguments.
 #[derive(Debug, Clone)]
 pub struct TuneArgs {
-    pub model: String,
-    pub heads: Option<String>,
-    /// Calibration prompts (default: datasets/heads-heldout.jsonl).
-    pub prompts: Option<PathBuf>,
+    /// The heads, and the calibration prompts their acceptance is measured on.
+    pub source: HeadsSource,
     pub max_nodes: usize,
     /// The tree file (default: `tuned-tree.json` beside the heads).
     pub out: Option<PathBuf>,
-    pub max_new_tokens: usize,
     /// Cache length the forward-cost curve is measured on.
     pub context: usize,
-    pub progress: bool,
 }
 
 /// What `tune-tree` measured and built.
@@ -471,17 +489,8 @@ pub fn tune_command(args: &TuneArgs) -> Result<TuneOutcome> {
     if args.max_nodes == 0 {
         bail!("--max-nodes: must be at least 1");
     }
-    let prompts = match &args.prompts {
-        Some(p) => crate::data::load_prompts(p)?,
-        None => crate::data::heldout_prompts(),
-    };
-    let (spec, _) = crate::runner::default_heads(args.heads.as_deref(), &args.model);
-    if spec.starts_with("random:") && args.heads.is_none() {
-        bail!("no heads are shipped for {}: pass --heads PATH", args.model);
-    }
-    let (mut model, sha) = load_model(&args.model, args.progress)?;
-    let heads = load_checked_heads(&spec, &model, &sha)?;
-    let accuracy = eval_heads(&mut model, &heads, &prompts, args.max_new_tokens, args.progress)?;
+    let (prompts, mut model, heads, spec) = args.source.load()?;
+    let accuracy = eval_heads(&mut model, &heads, &prompts, args.source.max_new_tokens, args.source.progress)?;
 
     // The forward-cost curve up to the largest tree, and the heads' own time per step.
     let mut tokens: Vec<usize> = crate::calibrate::DEFAULT_TOKENS.iter().copied().filter(|&n| n <= args.max_nodes + 1).collect();
@@ -490,12 +499,17 @@ pub fn tune_command(args: &TuneArgs) -> Result<TuneOutcome> {
     }
     let context = args.context.min(model.model.info().max_context.saturating_sub(args.max_nodes + 1));
     let curve = crate::calibrate::calibrate(&mut model.model, context, &tokens, 3)?;
-    let hidden = Tensor::zeros((1, 1, heads.hidden_size()), DType::F32, model.model.device())?;
+    let device = model.model.device().clone();
+    let hidden = Tensor::zeros((1, 1, heads.hidden_size()), DType::F32, &device)?;
     let mut times = Vec::new();
-    for _ in 0..21 {
-        let t = Instant::now();
+    // The runner's clock (synchronised on both sides); the first call is a warm-up.
+    for rep in 0..=21 {
+        let t = decodebench_strategies::clock::now(&device)?;
         heads.logits(&hidden, &model.model).map_err(|e| anyhow::anyhow!("{e}"))?;
-        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        let dt = decodebench_strategies::clock::since(&device, t)?;
+        if rep > 0 {
+            times.push(dt * 1000.0);
+        }
     }
     times.sort_by(f64::total_cmp);
     let heads_ms = times[times.len() / 2];
@@ -507,11 +521,7 @@ pub fn tune_command(args: &TuneArgs) -> Result<TuneOutcome> {
     }
     let tree_file = match &args.out {
         Some(p) => p.clone(),
-        None => {
-            let p = Path::new(&spec);
-            let dir = if p.is_dir() { p.to_path_buf() } else { p.parent().map(Path::to_path_buf).unwrap_or_default() };
-            dir.join("tuned-tree.json")
-        }
+        None => heads_dir(&spec).join("tuned-tree.json"),
     };
     let text = serde_json::to_string(&tree.paths)? + "\n";
     std::fs::write(&tree_file, text).with_context(|| format!("cannot write {}", tree_file.display()))?;

@@ -364,9 +364,7 @@ impl Trainer {
             map.insert(format!("v.{name}"), v.clone());
         }
         map.insert("step".into(), Tensor::new(&[self.step as u32], &Device::Cpu)?);
-        let tmp = path.with_extension("safetensors.tmp");
-        candle_core::safetensors::save(&map, &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+        super::save_safetensors_atomic(&map, path)
     }
 
     /// Restores what [`Trainer::save_checkpoint`] wrote (same config and data: the caller checks).

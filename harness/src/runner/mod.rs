@@ -590,9 +590,7 @@ fn model_metas(
         let sha = if spec.starts_with("random:") {
             None
         } else {
-            let p = Path::new(spec);
-            let file = if p.is_dir() { p.join(decodebench_strategies::medusa::HEADS_FILE) } else { p.to_path_buf() };
-            Some(crate::fetch::hash_file(&file)?)
+            Some(crate::fetch::hash_file(&decodebench_strategies::medusa::heads_file(Path::new(spec)))?)
         };
         out.push(ModelMeta { role: "heads".into(), name: spec.to_string(), path: spec.to_string(), sha256: sha, quantization: None });
     }

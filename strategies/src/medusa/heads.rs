@@ -20,6 +20,16 @@ use crate::{DecoderModel, ModelInfo};
 /// File name of the official heads (FasterDecoding Medusa checkpoints).
 pub const HEADS_FILE: &str = "medusa_lm_head.safetensors";
 
+/// The heads file a path names: the path itself, or `medusa_lm_head.safetensors` in the folder
+/// it names.
+pub fn heads_file(path: &Path) -> std::path::PathBuf {
+    if path.is_dir() {
+        path.join(HEADS_FILE)
+    } else {
+        path.to_path_buf()
+    }
+}
+
 /// Beside a heads file, the id map of reduced-vocabulary heads: `{"token_ids": [..]}`, the
 /// model token id of each of the heads' V outputs (`train-heads --head-vocab V`).
 pub const HEAD_VOCAB_FILE: &str = "head_vocab.json";
@@ -102,7 +112,7 @@ impl MedusaHeads {
     /// carry a `medusa_head.` prefix. Weights are converted to f32 on `device`. Errors name the
     /// file and the key.
     pub fn load(path: &Path, device: &Device) -> Result<Self> {
-        let file = if path.is_dir() { path.join(HEADS_FILE) } else { path.to_path_buf() };
+        let file = heads_file(path);
         let fname = file.display().to_string();
         if file.extension().is_some_and(|e| e == "pt" || e == "bin") {
             candle_core::bail!("Medusa heads {fname}: PyTorch pickles are not read; convert them to safetensors ({HEADS_FILE})");

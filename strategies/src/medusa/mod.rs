@@ -27,7 +27,7 @@ mod tree;
 use candle_core::{IndexOp, Result, Tensor};
 
 pub use acceptance::{match_path, typical_path, typical_threshold, AcceptanceRule};
-pub use heads::{HeadLayout, MedusaHeads, HEADS_FILE, HEAD_VOCAB_FILE};
+pub use heads::{heads_file, HeadLayout, MedusaHeads, HEADS_FILE, HEAD_VOCAB_FILE};
 pub use tree::{TreeTopology, DEFAULT_MAX_TOP_K, MAX_TREE_NODES, SHIPPED_TREES};
 
 use crate::clock;
