@@ -104,9 +104,20 @@ if [ ! -S "$socket" ] || ! munge -n -S "$socket" >/dev/null 2>&1; then
     munged --force --socket="$socket" --pid-file="$dir/munged.pid" --log-file="$dir/munged.log" \
         --seed-file="$dir/munge/seed" --key-file=/etc/munge/munge.key
 fi
-# Slurm's auth/munge plugin reads the socket from AuthInfo.
-sed -i "s|^AuthType=auth/munge|AuthType=auth/munge\nAuthInfo=socket=$socket|" "$conf"
+# Slurm's auth/munge plugin reads the socket from AuthInfo. cred_expire (120 s by default) is
+# also how long a requeued job waits before it may start again: slurmd refuses to launch a job
+# whose credential it revoked at the kill ("Job credential revoked") until then, and the job
+# then FAILS for good. 10 s keeps the requeue test short without starting it early.
+sed -i "s|^AuthType=auth/munge|AuthType=auth/munge\nAuthInfo=socket=$socket,cred_expire=10|" "$conf"
 
+# One cluster per machine: the ports are fixed, and a second slurmctld would fail to bind them
+# while its clients talked to the first one (a cluster left running by a killed test did that).
+for port in "${SLURMCTLD_PORT:-6817}" "${SLURMD_PORT:-6818}"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "$0: port $port is in use: another Slurm is running here (stop it: $0 stop ITS_DIR, or pkill slurmctld slurmd)" >&2
+        exit 1
+    fi
+done
 export SLURM_CONF="$conf"
 slurmctld -f "$conf"
 slurmd -f "$conf"

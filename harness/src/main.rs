@@ -50,6 +50,16 @@ enum Command {
     /// Hand a sweep to Slurm: a job array with one `run --shard K/N --resume` per task, and a
     /// merge job (tables and report) that waits for all of them.
     Slurm(SlurmCliArgs),
+    /// Run by the merge job that `slurm` submits: waits until every shard folder holds a
+    /// complete run, or no task of an incomplete shard is left to run (a requeued task runs twice).
+    #[command(hide = true)]
+    SlurmWait {
+        /// The array job id.
+        array: String,
+        /// The shard folders.
+        #[arg(required = true)]
+        dirs: Vec<std::path::PathBuf>,
+    },
     /// Train Medusa heads for a model by self-distillation (Medusa-1, backbone frozen): its own
     /// greedy answers to the training prompts, its hidden states cached, AdamW with warm-up and
     /// a cosine schedule. Every stage is cached in --out; --resume continues a checkpoint.
@@ -847,6 +857,9 @@ fn run(cli: Cli) -> Result<()> {
             finish(&outcome, t0)
         }
         Command::Slurm(args) => slurm(&args),
+        Command::SlurmWait { array, dirs } => {
+            decodebench::slurm::wait_for_shards(&array, &dirs, std::time::Duration::from_secs(5), std::time::Duration::from_secs(120))
+        }
         Command::TrainHeads(args) => train_heads(&args),
         Command::TuneTree { source, max_nodes, out, context } => {
             let args = decodebench::heads::TuneArgs { source: source.source(true), max_nodes, out, context };

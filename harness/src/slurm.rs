@@ -1,13 +1,14 @@
 //! `decodebench slurm CONFIG --shards N --out DIR`: hands a sweep to Slurm as a job array of
 //! `run --shard K/N --resume` tasks, and a merge job that waits for all of them
-//! (`--dependency=afterany`, then waiting out requeued tasks). Slurm does the scheduling; this module only writes the scripts and
-//! submits them.
+//! (`--dependency=afterany`, then [`wait_for_shards`]). Slurm does the scheduling; this module
+//! only writes the scripts, submits them, and tells when the shards are there to merge.
 //!
 //! Layout of DIR: `shard-K/` (one results folder per task), `merged/` (the merge, with its
 //! report), `slurm/` (the two scripts and the tasks' logs).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -199,8 +200,9 @@ pub fn scripts(args: &SlurmArgs, exe: &Path) -> Result<SlurmScripts> {
         "#!/bin/bash\n\
          # decodebench sweep {config}: merges the {n} shards into {merged}, the tables of the\n\
          # whole sweep and its report. Submitted with --dependency=afterany on the array, whose job\n\
-         # id is its first argument; it first waits while any task is still queued (a requeued\n\
-         # task ends once, then runs again), then merges: a failed or missing shard stops it, named.\n\
+         # id is its first argument. A requeued task ends once before it runs again, so\n\
+         # `slurm-wait` first waits until every shard has written all its units,\n\
+         # or no task of an incomplete shard is left to run; then merge stops at a failed shard.\n\
          #SBATCH --job-name={job}-merge\n\
          #SBATCH --output={logs}/merge.log\n\
          #SBATCH --open-mode=append\n\
@@ -212,7 +214,7 @@ pub fn scripts(args: &SlurmArgs, exe: &Path) -> Result<SlurmScripts> {
     merge.push_str(&resource_lines(args, false));
     merge.push_str("set -euo pipefail\n");
     merge.push_str("array=${1:?the array job id}\n");
-    merge.push_str("while [ -n \"$(squeue -h -j \"$array\" -o %i 2>/dev/null)\" ]; do sleep 10; done\n");
+    merge.push_str(&format!("{exe_q} slurm-wait \"$array\" {shard_dirs}\n"));
     merge.push_str(&format!("exec {exe_q} merge {shard_dirs} --out {}\n", quote_path(&merged_dir(&out))));
     Ok(SlurmScripts { array_path: logs.join("shards.sbatch"), array, merge_path: logs.join("merge.sbatch"), merge, notes })
 }
@@ -249,12 +251,113 @@ pub fn submit(args: &SlurmArgs, exe: &Path) -> Result<Submitted> {
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     let array_job = sbatch(&[], &s.array_path, &[])?;
-    // afterany, not afterok: a requeued task counts as ended once (cancelled for the requeue),
-    // which fails an afterok dependency for good; the merge script waits for it instead, and
-    // merge itself names a shard that failed.
+    // afterany, not afterok: a failed shard still gets its merge job, which names it; the
+    // merge script's slurm-wait keeps it from reading a shard before it is complete.
     let merge_job = sbatch(&[&format!("--dependency=afterany:{array_job}")], &s.merge_path, &[&array_job])
         .with_context(|| format!("the array job {array_job} is submitted; cancel it with `scancel {array_job}`"))?;
     Ok(Submitted { array_job, merge_job, merged: merged_dir(&absolute(&args.out)?), notes: s.notes })
+}
+
+/// Job states after which a task never runs again. Anything else (pending, running,
+/// requeued, completing, a state this list does not know) is a task still to come.
+const FINAL_STATES: &[&str] =
+    &["COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY"];
+
+/// The JobState of every task in `scontrol show job -o` output (one line per task).
+fn task_states(scontrol_output: &str) -> Vec<(String, String)> {
+    scontrol_output
+        .lines()
+        .filter_map(|l| {
+            let field = |name: &str| l.split_whitespace().find_map(|f| f.strip_prefix(name)).map(str::to_string);
+            let state = field("JobState=")?;
+            let task = match (field("ArrayJobId="), field("ArrayTaskId=")) {
+                (Some(job), Some(t)) => format!("{job}_{t}"),
+                _ => field("JobId=").unwrap_or_default(),
+            };
+            Some((task, state))
+        })
+        .collect()
+}
+
+/// The tasks among `states` that are still to run or running.
+fn still_to_run(states: Vec<(String, String)>) -> Vec<(String, String)> {
+    states.into_iter().filter(|(_, state)| !FINAL_STATES.contains(&state.as_str())).collect()
+}
+
+/// What scontrol says of one array task.
+enum TaskLook {
+    /// Still to run, or running: its state.
+    ToRun(String),
+    /// Ended for good, or no longer known to Slurm (ended and purged): what scontrol said.
+    Done(String),
+    /// scontrol could not tell (the controller not answering, say): why.
+    Unknown(String),
+}
+
+/// Asks scontrol about one array task (`ARRAY_TASK`): only the tasks of incomplete shards
+/// matter, and each is named exactly.
+fn look_at_task(task: &str) -> Result<TaskLook> {
+    let out = Command::new("scontrol")
+        .args(["show", "job", "-o", task])
+        .output()
+        .context("cannot run scontrol: is Slurm's client installed and on PATH?")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && !stderr.contains("Invalid job id") {
+        return Ok(TaskLook::Unknown(format!("scontrol show job {task} failed ({}): {}", out.status, stderr.trim())));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Ok(match still_to_run(task_states(&stdout)).into_iter().next() {
+        Some((_, state)) => TaskLook::ToRun(state),
+        None => TaskLook::Done(if out.status.success() { stdout.trim().to_string() } else { stderr.trim().to_string() }),
+    })
+}
+
+/// `decodebench slurm-wait ARRAY DIR...`, run by the merge job, with the shard folders in
+/// shard order (task K-1 writes the K-th): returns once every one holds a complete run, or
+/// once the tasks of the incomplete ones have all looked ended for `grace` straight. The
+/// shards' own records decide when all went well, not Slurm's states: a requeued task ends
+/// once before it runs again, and what Slurm shows in between is the scheduler's business
+/// (the grace covers a reading taken in that window). A failed shard reaches the merge, which
+/// names it, `grace` later.
+pub fn wait_for_shards(array: &str, dirs: &[PathBuf], poll: Duration, grace: Duration) -> Result<()> {
+    let mut quiet_since: Option<Instant> = None;
+    let mut said = String::new();
+    loop {
+        let missing: Vec<(String, &PathBuf)> =
+            dirs.iter().enumerate().filter(|(_, d)| !crate::runner::run_is_complete(d)).map(|(i, d)| (format!("{array}_{i}"), d)).collect();
+        if missing.is_empty() {
+            println!("slurm-wait: every shard is complete");
+            return Ok(());
+        }
+        let (mut live, mut ended, mut unsure) = (Vec::new(), Vec::new(), None);
+        for (task, _) in &missing {
+            match look_at_task(task)? {
+                TaskLook::ToRun(state) => live.push(format!("{task} {state}")),
+                TaskLook::Done(what) => ended.push(format!("{task}: {what}")),
+                TaskLook::Unknown(why) => unsure = Some(why),
+            }
+        }
+        let dirs_named = missing.iter().map(|(_, d)| d.display().to_string()).collect::<Vec<_>>().join(", ");
+        let now = if let Some(why) = unsure {
+            quiet_since = None;
+            why
+        } else if !live.is_empty() {
+            quiet_since = None;
+            format!("waiting for {dirs_named} ({})", live.join(", "))
+        } else {
+            let since = *quiet_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= grace {
+                println!("slurm-wait: no task of an incomplete shard is left to run; incomplete: {dirs_named}");
+                return Ok(());
+            }
+            format!("every task of {dirs_named} looks ended; waiting {} s in case it was requeued ({})", grace.as_secs(), ended.join("; "))
+        };
+        if now != said {
+            println!("slurm-wait: {now}");
+            said = now;
+        }
+        std::thread::sleep(poll);
+    }
 }
 
 #[cfg(test)]
@@ -308,12 +411,14 @@ mod tests {
                 out.display()
             )
         );
-        // The merge waits out queued (requeued) tasks of the array it is given, takes every
-        // shard, and needs no GPU.
-        assert!(s.merge.contains("array=${1:?") && s.merge.contains("squeue -h -j \"$array\""), "{}", s.merge);
+        // The merge waits for every shard of the array it is given (or for the array to have
+        // nothing left to run), takes every shard, and needs no GPU.
+        assert!(s.merge.contains("array=${1:?"), "{}", s.merge);
         assert!(!s.merge.contains("--gres"), "{}", s.merge);
-        let merge_line = s.merge.lines().find(|l| l.contains(" merge ")).unwrap();
+        let wait_line = s.merge.lines().find(|l| l.starts_with("/opt/bin/decodebench slurm-wait \"$array\" ")).unwrap();
+        let merge_line = s.merge.lines().find(|l| l.starts_with("exec /opt/bin/decodebench merge ")).unwrap();
         for k in 1..=3 {
+            assert!(wait_line.contains(&format!("{}/shard-{k}", out.display())), "{wait_line}");
             assert!(merge_line.contains(&format!("{}/shard-{k}", out.display())), "{merge_line}");
         }
         assert!(merge_line.ends_with(&format!("--out {}/merged", out.display())));
@@ -341,5 +446,17 @@ mod tests {
         assert_eq!(parse_job_id("77;cluster\n").as_deref(), Some("77"));
         assert_eq!(parse_job_id("Submitted batch job 5"), None);
         assert_eq!(quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn task_states_are_read_per_task_and_requeued_ones_are_still_to_run() {
+        let out = "JobId=13 ArrayJobId=12 ArrayTaskId=1 JobName=decodebench-x UserId=root(0) JobState=COMPLETED Reason=None\n\
+                   JobId=12 ArrayJobId=12 ArrayTaskId=0 JobName=decodebench-x UserId=root(0) JobState=REQUEUED Reason=BeginTime\n\
+                   JobId=20 JobName=decodebench-x-merge JobState=PENDING Reason=Dependency\n";
+        let states = task_states(out);
+        assert_eq!(states, [("12_1", "COMPLETED"), ("12_0", "REQUEUED"), ("20", "PENDING")].map(|(t, s)| (t.to_string(), s.to_string())));
+        let live: Vec<String> = still_to_run(states).into_iter().map(|(t, _)| t).collect();
+        assert_eq!(live, ["12_0", "20"]);
+        assert!(task_states("slurm_load_jobs error: Invalid job id specified\n").is_empty());
     }
 }

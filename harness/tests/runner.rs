@@ -316,6 +316,17 @@ impl LocalSlurm {
         slurm
     }
 
+    /// The last lines the daemons logged, for a failure's message.
+    fn daemon_logs(&self) -> String {
+        let mut text = String::new();
+        for name in ["slurmctld.log", "slurmd.log"] {
+            let log = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            text.push_str(&format!("\n== {name} (last 40 lines)\n{}", lines[lines.len().saturating_sub(40)..].join("\n")));
+        }
+        text
+    }
+
     fn conf(&self) -> PathBuf {
         self.dir.path().join("slurm.conf")
     }
@@ -430,16 +441,16 @@ fn slurm_task_requeued_mid_run_resumes_without_duplicate_rows() {
     let at_requeue = lines();
     assert!(at_requeue < 6, "shard 1 finished ({at_requeue} units) before it could be requeued");
 
-    // Slurm holds a requeued job for 120 s (Reason=BeginTime); let it start now instead.
+    // Slurm holds a requeued job for cred_expire + 1 s (Reason=BeginTime; slurm-local.sh sets
+    // 10 s). Starting it earlier (`scontrol update StartTime=now`) made slurmd refuse the launch
+    // now and then ("Job credential revoked"), and the task FAILED for good.
     let t1 = Instant::now();
     while slurm.states(&task) != ["PENDING"] {
         assert!(t1.elapsed() < Duration::from_secs(60), "{task} is not pending after the requeue: {:?}", slurm.states(&task));
         std::thread::sleep(Duration::from_millis(100));
     }
-    let out = slurm.command("scontrol").args(["update", &format!("jobid={task}"), "StartTime=now"]).output().unwrap();
-    assert!(out.status.success(), "scontrol update {task}: {}", String::from_utf8_lossy(&out.stderr));
     let state = slurm.wait(&merge, &logs, Duration::from_secs(600));
-    assert_eq!(state, "COMPLETED", "merge job {merge}: {}", slurm_logs(&logs));
+    assert_eq!(state, "COMPLETED", "merge job {merge}: {}{}", slurm_logs(&logs), slurm.daemon_logs());
     // The task ran twice, and its second start took up the first one's units.
     let log = std::fs::read_to_string(logs.join("shard-0.log")).unwrap();
     assert!(log.contains("shard 1/2") && log.contains("start 2"), "{log}");

@@ -628,6 +628,22 @@ fn print_dry_run(exp: &Experiment, questions: &[crate::data::Question], units: &
     }
 }
 
+/// `None` when a run ended with every unit of its sweep (or shard) written; else the distinct
+/// units it holds and how many it has.
+fn incomplete(meta: &RunMeta, recs: &[UnitRecord]) -> Option<(usize, usize)> {
+    let have = recs.iter().map(|r| r.unit.as_str()).collect::<HashSet<&str>>().len();
+    let expected = meta.configs.len() * meta.questions.len() * meta.repeats;
+    (meta.ended.is_none() || have < expected).then_some((have, expected))
+}
+
+/// Whether `dir` holds a complete run: what [`merge`] asks of a shard. A folder not yet
+/// written (or being written) is not complete.
+pub fn run_is_complete(dir: &Path) -> bool {
+    let Ok(meta) = records::read_json::<RunMeta>(&dir.join(META_FILE)) else { return false };
+    let Ok(recs) = records::read_records(dir) else { return false };
+    incomplete(&meta, &recs.records).is_none()
+}
+
 /// `decodebench merge DIR... --out OUT`: shards of one sweep into one results folder, the same
 /// as an unsharded run apart from timings. Every shard must be complete and of the same sweep;
 /// a missing or failed one is named, and the merge stops unless `allow_partial`.
@@ -665,10 +681,8 @@ pub fn merge(dirs: &[PathBuf], out: &Path, allow_partial: bool) -> Result<RunOut
         if let Some(j) = by_k.insert(k.k, i) {
             bail!("merge: {} and {} are both shard {}", shards[j].0.display(), d.display(), k.label());
         }
-        let expected = m.configs.len() * m.questions.len() * m.repeats;
-        let have: HashSet<&str> = recs.iter().map(|r| r.unit.as_str()).collect();
-        if m.ended.is_none() || have.len() < expected {
-            problems.push(format!("shard {} ({}) is incomplete: {} of {expected} units", k.label(), d.display(), have.len()));
+        if let Some((have, expected)) = incomplete(m, recs) {
+            problems.push(format!("shard {} ({}) is incomplete: {have} of {expected} units", k.label(), d.display()));
         }
     }
     for k in 1..=n {
