@@ -5,21 +5,31 @@
 #
 # 1. scripts/cuda-toolchain.sh: CUDA 13.0 from PyPI wheels + a link-time libcuda stub (~1.2 GB,
 #    once, under ~/.cache/decodebench/cuda-toolchain).
-# 2. cargo build --release --workspace -F decodebench/cuda     (the binary a GPU user runs)
-# 3. cargo test  --release --workspace -F decodebench/cuda --no-run   (every test compiles)
+# 2. cargo test --workspace -F decodebench/cuda --no-run: every test, and the binary the
+#    integration tests run, compiled and linked with the feature.
 #
-# Both steps use the release profile so candle-kernels' build script (nvcc over all of candle's
-# kernels, ~13 of the ~20 cold minutes on 2 cores) runs once, not once per profile. Everything
-# goes to target-cuda/, so the CPU build in target/ never triggers the kernel build. A warm
-# target-cuda/ makes a rerun take seconds to a few minutes.
+# It builds in the same target directory and dev profile as `cargo test --workspace`, which CI
+# runs first: only what the feature changes is compiled again (candle-core/-nn/-transformers with
+# cudarc and candle-kernels, and the project's crates); polars, tokenizers, plotters and the
+# rest are reused. Cargo keeps both feature sets' artifacts side by side (features are part of
+# each artifact's hash), so going back to the CPU build recompiles nothing. Its own target
+# directory, as this script used before, compiled every dependency a second time: about 20 of
+# a cold CI run's minutes on 2 cores.
+#
+# Most of the remaining time is candle-kernels' build script: nvcc over candle's kernels, PTX for
+# most and machine code for the quantized/MoE library. Its builder (cudaforge) runs nvcc on half
+# of the cores by default, which on 2 cores is one at a time; CUDAFORGE_THREADS gives it all of
+# them (it sets only how many nvcc processes run at once, not what they compile).
 #
 # The binaries cannot start here (no libcuda.so.1 without an NVIDIA driver). On a machine whose
 # `nvidia-smi -L` lists a GPU, the script also runs `decodebench doctor --device cuda`.
+# CARGO_TARGET_DIR, when set, is honoured (as by cargo).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-export CARGO_TARGET_DIR="$ROOT/target-cuda"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-$(nproc)}"
 FEATURES=(--workspace --features decodebench/cuda)
 
 t_all=$SECONDS
@@ -38,13 +48,12 @@ trap 'rm -f "$env_file"' EXIT
 step "toolchain" bash -c '"$1" --env >"$2"' _ "$ROOT/scripts/cuda-toolchain.sh" "$env_file"
 # shellcheck disable=SC1090
 source "$env_file"
-echo "ci-cuda: CUDA_HOME=$CUDA_HOME CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP CUDARC_CUDA_VERSION=$CUDARC_CUDA_VERSION CARGO_TARGET_DIR=$CARGO_TARGET_DIR" >&2
+echo "ci-cuda: CUDA_HOME=$CUDA_HOME CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP CUDARC_CUDA_VERSION=$CUDARC_CUDA_VERSION target=$TARGET_DIR CUDAFORGE_THREADS=$CUDAFORGE_THREADS" >&2
 
-step "cargo build --release (cuda)" cargo build --release "${FEATURES[@]}"
-step "cargo test --release --no-run (cuda)" cargo test --release "${FEATURES[@]}" --no-run
+step "cargo test --no-run (cuda)" cargo test "${FEATURES[@]}" --no-run
 
 # The feature really took: the binary depends on the driver library.
-bin="$CARGO_TARGET_DIR/release/decodebench"
+bin="$TARGET_DIR/debug/decodebench"
 if ! readelf -d "$bin" | grep -q 'libcuda\.so\.1'; then
     echo "ci-cuda: $bin does not link libcuda.so.1: the cuda feature did not reach candle" >&2
     exit 1

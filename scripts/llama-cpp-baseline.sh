@@ -16,6 +16,10 @@
 # 3. For the Qwen pair (target qwen2.5-coder-1.5b, draft qwen2.5-coder-0.5b): the speedup of
 #    llama.cpp's `llama-speculative-simple` (draft-max $GAMMA) over its own plain decoding, next
 #    to decodebench's speculative decoding (--gamma $GAMMA) over its greedy decoding.
+# 4. Block verification on the target: the time of one forward over N new tokens after a
+#    256-token cache, for N in $BLOCKS: llama.cpp's `llama-bench -p N -n 0 -d 256` (avg_ns; the
+#    256 cached tokens are processed before each timed run) next to `decodebench calibrate
+#    --context 256` (median forward ms), with each engine's c(N)/c(1).
 #
 # Environment: THREADS (default: nproc; both engines use that many), GAMMA (4), N (128 new tokens), DECODEBENCH (the
 # binary; default target/release/decodebench, built with `cargo build --release` if missing),
@@ -31,6 +35,7 @@ THREADS=${THREADS:-$(nproc)}
 export CANDLE_NUM_THREADS=$THREADS RAYON_NUM_THREADS=$THREADS
 GAMMA=${GAMMA:-4}
 N=${N:-128}
+BLOCKS=${BLOCKS:-1,2,4,8,16,32,64}
 PIP=${DECODEBENCH_PIP:-python3 -m pip}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DB=${DECODEBENCH:-$ROOT/target/release/decodebench}
@@ -127,6 +132,19 @@ llama_tg() {
         | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%.1f" % r[0]["avg_ts"])'
 }
 
+# llama.cpp's ms per forward over each block size in $BLOCKS after a 256-token cache, as
+# "N MS" lines.
+llama_blocks() {
+    "$BIN/llama-bench" -m "$1" -p "$BLOCKS" -n 0 -d 256 -t "$THREADS" -r 3 -o json 2>/dev/null \
+        | python3 -c 'import json,sys; [print(r["n_prompt"], "%.2f" % (r["avg_ns"] / 1e6)) for r in json.load(sys.stdin)]'
+}
+
+# decodebench's ms per forward over each block size in $BLOCKS after a 256-token cache.
+db_blocks() {
+    "$DB" calibrate --model "$1" --context 256 --tokens "$BLOCKS" --json 2>/dev/null \
+        | python3 -c 'import json,sys; d=json.load(sys.stdin)["forward_ms"]; [print(n, "%.2f" % d[n]) for n in sorted(d, key=int)]'
+}
+
 # decodebench tokens/s for `generate ARGS...` (greedy unless ARGS say otherwise; the prompt in
 # the model's chat template, or $CHATML raw with DB_RAW=1).
 db_tps() {
@@ -194,6 +212,29 @@ main() {
         g=$(DB_RAW=1 db_tps --model "$t")
         s=$(DB_RAW=1 db_tps --model "$t" --strategy speculative --draft "$d" --gamma "$GAMMA")
         echo "| decodebench (greedy; --strategy speculative --gamma $GAMMA) | ${g%% *} | ${s%% *} | $(python3 -c "print(f'{${s%% *} / ${g%% *}:.2f}x')") | $(echo "$s" | cut -d' ' -f3) tokens per target forward |"
+    fi
+    if [[ -n ${PATHS[$t]:-} ]]; then
+        echo
+        echo "Block verification on $t: one forward over N new tokens after a 256-token cache (ms):"
+        echo
+        # One engine after the other (never side by side on the same cores).
+        local lc_blocks db_blocks_ms
+        lc_blocks=$(llama_blocks "${PATHS[$t]}")
+        db_blocks_ms=$(db_blocks "$t")
+        python3 - "$lc_blocks" "$db_blocks_ms" <<'EOF'
+import sys
+read = lambda text: {int(n): float(ms) for n, ms in (line.split() for line in text.splitlines() if line.strip())}
+lc, db = read(sys.argv[1]), read(sys.argv[2])
+print("| N | llama.cpp ms | decodebench ms | decodebench / llama.cpp | llama.cpp c(N)/c(1) | decodebench c(N)/c(1) |")
+print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+for n in sorted(set(lc) | set(db)):
+    l, d = lc.get(n), db.get(n)
+    cell = lambda x: "n/a" if x is None else f"{x:.1f}"
+    ratio = f"{d / l:.2f}x" if l and d else "n/a"
+    cl = f"{l / lc[1]:.2f}" if l and lc.get(1) else "n/a"
+    cd = f"{d / db[1]:.2f}" if d and db.get(1) else "n/a"
+    print(f"| {n} | {cell(l)} | {cell(d)} | {ratio} | {cl} | {cd} |")
+EOF
     fi
     echo
     echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -9,7 +9,6 @@
 //! order of operations for dot products, the softmax and the weighted sum.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 /// Which block tokens each new token sees, besides the whole cache: a causal chain or a tree
 /// (`parents[i] < i`, `None` for a root).
@@ -33,13 +32,15 @@ pub fn visible_block_rows(n: usize, parents: Option<&[Option<usize>]>) -> Vec<Ve
 /// + n, hd)` (the last `n` positions being the block), with grouped-query heads (`heads` a
 /// multiple of `kv_heads`). f32 on the CPU only; see [`crate::attention`] for the dispatch.
 pub fn exact_block_attention(q: &Tensor, k: &Tensor, v: &Tensor, cache_len: usize, visible: Vec<Vec<usize>>, scale: f32) -> Result<Tensor> {
-    q.apply_op3_no_bwd(k, v, &ExactAttention { cache_len, visible, scale })
+    q.apply_op3_no_bwd(k, v, &ExactAttention { cache_len, visible, scale, fast: use_fma() })
 }
 
 struct ExactAttention {
     cache_len: usize,
     visible: Vec<Vec<usize>>,
     scale: f32,
+    /// AVX2 + FMA dot products and weighted sums ([`use_fma`]).
+    fast: bool,
 }
 
 /// Strided read access to a rank-4 f32 tensor whose last dimension is contiguous.
@@ -68,6 +69,7 @@ impl<'a> View<'a> {
 }
 
 /// Dot product with one fixed order: eight running lanes, then a fixed reduction, then the tail.
+/// (The reference arithmetic, and the path of CPUs without AVX2 + FMA.)
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
@@ -83,6 +85,137 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         sum += a[i] * b[i];
     }
     sum
+}
+
+/// `out += w · x`, element by element.
+#[inline]
+fn axpy(out: &mut [f32], w: f32, x: &[f32]) {
+    for (o, &x) in out.iter_mut().zip(x) {
+        *o += w * x;
+    }
+}
+
+/// AVX2 + FMA forms of [`dot`] and [`axpy`]: the same fixed order for every row (two 8-lane
+/// chains, then one fixed reduction, then the tail), so a row's bits still do not depend on the
+/// block; they differ from the portable forms only in rounding (fused multiply-adds).
+#[cfg(target_arch = "x86_64")]
+mod fma {
+    use core::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `a.len() == b.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 16 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), _mm256_loadu_ps(pb.add(i + 8)), s1);
+            i += 16;
+        }
+        if i + 8 <= n {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+            i += 8;
+        }
+        let s = _mm256_add_ps(s0, s1);
+        let x = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+        let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+        let mut sum = _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+        while i < n {
+            sum = a[i].mul_add(b[i], sum);
+            i += 1;
+        }
+        sum
+    }
+
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `out.len() == x.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy(out: &mut [f32], w: f32, x: &[f32]) {
+        let n = out.len();
+        let (po, px, wv) = (out.as_mut_ptr(), x.as_ptr(), _mm256_set1_ps(w));
+        let mut i = 0;
+        while i + 8 <= n {
+            _mm256_storeu_ps(po.add(i), _mm256_fmadd_ps(wv, _mm256_loadu_ps(px.add(i)), _mm256_loadu_ps(po.add(i))));
+            i += 8;
+        }
+        while i < n {
+            out[i] = w.mul_add(x[i], out[i]);
+            i += 1;
+        }
+    }
+}
+
+/// Whether [`fma::dot`] and [`fma::axpy`] run: whenever the quantized matmuls take a SIMD path
+/// (both need AVX2 + FMA), so `DECODEBENCH_SIMD=scalar` puts the whole forward on the portable
+/// arithmetic. Decided once per process, so every row of a run takes the same arithmetic.
+fn use_fma() -> bool {
+    crate::qmatmul::selected_path() != crate::qmatmul::SimdPath::Scalar
+}
+
+impl ExactAttention {
+    /// Query head `hi` of batch `bi` (its `n` rows) against KV head `kv`, into `out` `(n, hd)`.
+    fn head(&self, q: &View, k: &View, v: &View, (bi, hi, kv): (usize, usize, usize), hd: usize, out: &mut [f32]) {
+        let fast = self.fast;
+        let cache_len = self.cache_len;
+        let total = cache_len + self.visible.iter().map(|v| v.len()).max().unwrap_or(0);
+        let mut scores: Vec<f32> = Vec::with_capacity(total);
+        let mut keys: Vec<usize> = Vec::with_capacity(total);
+        for (i, out_row) in out.chunks_mut(hd).enumerate() {
+            let q_row = q.row(bi, hi, i, hd);
+            keys.clear();
+            keys.extend((0..cache_len).chain(self.visible[i].iter().map(|&j| cache_len + j)));
+            scores.clear();
+            for &j in &keys {
+                let k_row = k.row(bi, kv, j, hd);
+                // SAFETY (fast): `use_fma` found AVX2 + FMA; both rows hold hd values.
+                let s = if fast { unsafe { self::fma_dot(q_row, k_row) } } else { dot(q_row, k_row) };
+                scores.push(s * self.scale);
+            }
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            out_row.fill(0.0);
+            for (&w, &j) in scores.iter().zip(&keys) {
+                let v_row = v.row(bi, kv, j, hd);
+                if fast {
+                    // SAFETY: as above.
+                    unsafe { self::fma_axpy(out_row, w, v_row) }
+                } else {
+                    axpy(out_row, w, v_row)
+                }
+            }
+            let inv = 1.0 / sum;
+            out_row.iter_mut().for_each(|o| *o *= inv);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+use fma::{axpy as fma_axpy, dot as fma_dot};
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn fma_dot(a: &[f32], b: &[f32]) -> f32 {
+    dot(a, b)
+}
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn fma_axpy(out: &mut [f32], w: f32, x: &[f32]) {
+    axpy(out, w, x)
+}
+
+/// A raw output pointer the pool's workers share; each writes its own heads' rows.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+unsafe impl Sync for OutPtr {}
+unsafe impl Send for OutPtr {}
+impl OutPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
 }
 
 impl CustomOp3 for ExactAttention {
@@ -109,31 +242,16 @@ impl CustomOp3 for ExactAttention {
             candle_core::bail!("exact attention: {total} keys for a cache of {} and a block of {n}", self.cache_len);
         }
         let groups = h / kvh;
-        let cache_len = self.cache_len;
         let mut out = vec![0f32; b * h * n * hd];
-        out.par_chunks_mut(n * hd).enumerate().for_each(|(bh, out)| {
-            let (bi, hi) = (bh / h, bh % h);
-            let kv = hi / groups;
-            let mut scores: Vec<f32> = Vec::with_capacity(total);
-            for (i, out_row) in out.chunks_mut(hd).enumerate() {
-                let q_row = q.row(bi, hi, i, hd);
-                let keys = (0..cache_len).chain(self.visible[i].iter().map(|&j| cache_len + j));
-                scores.clear();
-                scores.extend(keys.clone().map(|j| dot(q_row, k.row(bi, kv, j, hd)) * self.scale));
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                out_row.fill(0.0);
-                for (&w, j) in scores.iter().zip(keys) {
-                    for (o, &x) in out_row.iter_mut().zip(v.row(bi, kv, j, hd)) {
-                        *o += w * x;
-                    }
-                }
-                let inv = 1.0 / sum;
-                out_row.iter_mut().for_each(|o| *o *= inv);
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        // On candle's persistent pool, as the matmuls: a second pool (rayon's) would put more
+        // threads than cores on the CPU while the first one's workers spin between ops.
+        candle_core::utils::barrier_pool().execute_chunked(b * h, |range| {
+            for bh in range {
+                let (bi, hi) = (bh / h, bh % h);
+                // SAFETY: item bh alone writes rows bh·n..(bh + 1)·n of `out`.
+                let out = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(bh * n * hd), n * hd) };
+                self.head(&q, &k, &v, (bi, hi, hi / groups), hd, out);
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((b, h, n, hd))))
@@ -149,7 +267,7 @@ mod tests {
     #[test]
     fn exact_kernel_matches_batched_attention() {
         let dev = Device::Cpu;
-        for (h, kvh, hd) in [(9usize, 3usize, 64usize), (4, 4, 16), (12, 2, 128)] {
+        for (h, kvh, hd) in [(9usize, 3usize, 64usize), (4, 4, 16), (12, 2, 128), (3, 1, 13), (2, 2, 100)] {
             for (cache_len, n) in [(0usize, 1usize), (5, 1), (18, 1), (19, 1), (20, 1), (21, 1), (37, 1), (21, 4), (100, 7)] {
                 let total = cache_len + n;
                 let q = Tensor::randn(0f32, 1.0, (1, h, n, hd), &dev).unwrap();
@@ -166,5 +284,49 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Both forms of the dot product and of `out += w · x` against f64 references, on ragged
+    /// lengths (not multiples of the 8 or 16 lanes), on every path this CPU runs.
+    #[test]
+    fn dot_and_axpy_match_the_reference_on_every_path() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        let mut worst = [0f64; 4];
+        for len in (1..=41).chain([64, 100, 128, 131]) {
+            let a: Vec<f32> = (0..len).map(|_| next()).collect();
+            let b: Vec<f32> = (0..len).map(|_| next()).collect();
+            let w = next();
+            let exact: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
+            let axpy_ref: Vec<f64> = b.iter().zip(&a).map(|(&o, &x)| o as f64 + w as f64 * x as f64).collect();
+            let mut paths: Vec<(f32, Vec<f32>)> = Vec::new();
+            let mut out = b.clone();
+            super::axpy(&mut out, w, &a);
+            paths.push((super::dot(&a, &b), out));
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                let mut out = b.clone();
+                // SAFETY: the features were just checked; equal lengths.
+                unsafe { super::fma::axpy(&mut out, w, &a) };
+                paths.push((unsafe { super::fma::dot(&a, &b) }, out));
+            }
+            for (p, (d, out)) in paths.iter().enumerate() {
+                let dot_err = (*d as f64 - exact).abs();
+                let axpy_err = out.iter().zip(&axpy_ref).map(|(&o, &r)| (o as f64 - r).abs()).fold(0.0, f64::max);
+                assert!(dot_err < 1e-5 * (len as f64).sqrt().max(1.0), "path {p} len {len}: dot {d} against {exact}");
+                assert!(axpy_err < 1e-6, "path {p} len {len}: axpy off by {axpy_err}");
+                worst[2 * p] = worst[2 * p].max(dot_err);
+                worst[2 * p + 1] = worst[2 * p + 1].max(axpy_err);
+            }
+        }
+        eprintln!(
+            "max abs diff against f64: portable dot {:.2e}, axpy {:.2e}; fma dot {:.2e}, axpy {:.2e}",
+            worst[0], worst[1], worst[2], worst[3]
+        );
     }
 }
