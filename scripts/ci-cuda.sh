@@ -12,9 +12,8 @@
 # runs first: only what the feature changes is compiled again (candle-core/-nn/-transformers with
 # cudarc and candle-kernels, and the project's crates); polars, tokenizers, plotters and the
 # rest are reused. Cargo keeps both feature sets' artifacts side by side (features are part of
-# each artifact's hash), so going back to the CPU build recompiles nothing. Its own target
-# directory, as this script used before, compiled every dependency a second time: about 20 of
-# a cold CI run's minutes on 2 cores.
+# each artifact's hash), so going back to the CPU build recompiles nothing. (It used to build in
+# its own target directory, in the release profile: every dependency compiled a second time.)
 #
 # Most of the remaining time is candle-kernels' build script: nvcc over candle's kernels, PTX for
 # most and machine code for the quantized/MoE library. Its builder (cudaforge) runs nvcc on half
@@ -22,7 +21,9 @@
 # them (it sets only how many nvcc processes run at once, not what they compile).
 #
 # The binaries cannot start here (no libcuda.so.1 without an NVIDIA driver). On a machine whose
-# `nvidia-smi -L` lists a GPU, the script also runs `decodebench doctor --device cuda`.
+# `nvidia-smi -L` lists a GPU, the script also runs `decodebench doctor --device cuda`. Until the
+# next CPU `cargo build` or `cargo test` (which links the CPU binary back into place),
+# target/debug/decodebench is the CUDA build; .ci/run therefore runs this script last.
 # CARGO_TARGET_DIR, when set, is honoured (as by cargo).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
