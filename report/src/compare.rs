@@ -102,7 +102,7 @@ fn describe(f: &Folder) -> String {
     if let Some(m) = &f.meta {
         s.push_str(&format!(" ({}, {}, {}", m.machine.hostname, m.machine.cpu, m.machine.device));
         if let Some(c) = &m.git_commit {
-            s.push_str(&format!(", commit {}", c.get(..12).unwrap_or(c)));
+            s.push_str(&format!(", commit {}", crate::sections::short_commit(c)));
         }
         s.push(')');
     }

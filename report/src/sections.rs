@@ -117,8 +117,16 @@ pub fn run_line(f: &Folder) -> Block {
     Block::Para(format!("{}.", parts.join(", ")))
 }
 
-fn short_commit(c: &str) -> &str {
-    c.get(..12).unwrap_or(c)
+/// The first 12 digits of a commit, keeping the runner's `-dirty` mark (a run of a checkout with
+/// uncommitted changes) as words, so a shortened commit never passes for a clean one.
+pub(crate) fn short_commit(c: &str) -> String {
+    let (hash, dirty) = c.strip_suffix("-dirty").map_or((c, false), |h| (h, true));
+    let short = hash.get(..12).unwrap_or(hash);
+    if dirty {
+        format!("{short} (with uncommitted changes)")
+    } else {
+        short.to_string()
+    }
 }
 
 /// The best configuration of each strategy.
@@ -459,4 +467,15 @@ pub fn files(f: &Folder) -> Vec<Block> {
         DASH.into(),
     ]);
     vec![Block::Heading(2, "Files read".into()), Block::Table(Table::new(&["Table", "File", "Rows"], rows))]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn short_commits_keep_the_dirty_mark() {
+        let clean = "75ebbc2aaaa9ea91190324a8b963e2109bdeeed9";
+        assert_eq!(super::short_commit(clean), "75ebbc2aaaa9");
+        assert_eq!(super::short_commit(&format!("{clean}-dirty")), "75ebbc2aaaa9 (with uncommitted changes)");
+        assert_eq!(super::short_commit("abc"), "abc");
+    }
 }
