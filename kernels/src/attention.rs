@@ -207,17 +207,6 @@ unsafe fn fma_axpy(out: &mut [f32], w: f32, x: &[f32]) {
     axpy(out, w, x)
 }
 
-/// A raw output pointer the pool's workers share; each writes its own heads' rows.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-unsafe impl Sync for OutPtr {}
-unsafe impl Send for OutPtr {}
-impl OutPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 impl CustomOp3 for ExactAttention {
     fn name(&self) -> &'static str {
         "exact-block-attention"
@@ -243,7 +232,7 @@ impl CustomOp3 for ExactAttention {
         }
         let groups = h / kvh;
         let mut out = vec![0f32; b * h * n * hd];
-        let out_ptr = OutPtr(out.as_mut_ptr());
+        let out_ptr = crate::qmatmul::SyncPtr(out.as_mut_ptr());
         // On candle's persistent pool, as the matmuls: a second pool (rayon's) would put more
         // threads than cores on the CPU while the first one's workers spin between ops.
         candle_core::utils::barrier_pool().execute_chunked(b * h, |range| {
