@@ -4,9 +4,11 @@
 //! Groups `<type>/<n>x<k>/m<rows>` for the weight types the kernels cover at shapes of the
 //! default models: Q4_1 (SmolLM2's projections and MLP), Q8_0 (SmolLM2's 49152-row tied head,
 //! the Qwen-0.5B's converted Q5_0 projections), Q4_K (the Qwen-1.5B's MLP) and Q6_K (the
-//! Qwen-1.5B's MLP down projection and its 151936-row head), for 1, 4, 16 and 64 activation rows. Benchmarks per group:
-//! `candle` (candle's `QMatMul::forward`), and `ours/<path>` for every SIMD path this CPU runs
+//! Qwen-1.5B's MLP down projection and its 151936-row head), for 1, 2, 4, 8, 16 and 64 activation
+//! rows. Benchmarks per group: `candle` (candle's `QMatMul::forward`), and `ours/<path>` for every SIMD path this CPU runs
 //! (`avx2`, `avx512vnni`, and `scalar` at one row only; the selected one is what models use).
+//! Q6_K has two layouts with the same bits: `ours` is the one models take at that row count,
+//! and `packed/<path>` or `ggml-layout/<path>` the other one.
 //!
 //! Every iteration multiplies by the next of several copies of the weight, enough copies to
 //! exceed 64 MB, so the weights come from memory as in a real forward, not from cache.
@@ -34,7 +36,7 @@ const CASES: [(WeightType, usize, usize); 8] = [
     (WeightType::Q6K, 1536, 8960),
     (WeightType::Q6K, 151936, 1536),
 ];
-const ROWS: [usize; 4] = [1, 4, 16, 64];
+const ROWS: [usize; 6] = [1, 2, 4, 8, 16, 64];
 /// Total bytes of weight copies each benchmark rotates through (default 64 MB;
 /// `DECODEBENCH_BENCH_WORKING_SET=0` uses one copy, which then stays in cache).
 const WORKING_SET: usize = 64 << 20;
@@ -56,7 +58,7 @@ fn main() {
             let bytes = q.data().unwrap().len();
             let copies = working_set.div_ceil(bytes).max(1);
             let raw: Vec<Vec<u8>> = (0..copies).map(|_| q.data().unwrap().into_owned()).collect();
-            // Q4_K runs in its interleaved layout, repacked once (as models do at load).
+            // Q4_K and Q6_K run in interleaved layouts, repacked once (as models do at load).
             let packed: Vec<PackedWeight> = raw.iter().filter_map(|r| PackedWeight::new(wt.ggml(), r, n, k).unwrap()).collect();
             let candle: Vec<QMatMul> =
                 (0..copies).map(|_| QMatMul::from_qtensor(QTensor::quantize(&w, wt.ggml()).unwrap()).unwrap()).collect();
@@ -73,20 +75,31 @@ fn main() {
                     })
                 });
                 let mut out = vec![0f32; m * n];
+                // `ours`: what models run (Q6_K packed from Q6K_PACKED_MIN_ROWS rows, on ggml's
+                // layout below); for Q6_K also the other layout, `packed` or `ggml-layout`.
+                let layouts: &[bool] = if packed.is_empty() || wt != WeightType::Q6K { &[true] } else { &[true, false] };
                 // The scalar fallback only at one row: it is there for correctness, not speed.
                 for path in available_paths().into_iter().filter(|&p| p != SimdPath::Scalar || m == 1) {
-                    group.bench_function(BenchmarkId::new("ours", path.name()), |b| {
-                        b.iter(|| {
-                            i = (i + 1) % copies;
-                            if packed.is_empty() {
-                                matmul_on(path, wt, &raw[i], n, k, &xs, m, &mut out).unwrap();
-                            } else {
-                                let acts = QuantizedActs::quantize(&xs, m, k);
-                                packed[i].matmul_quantized_on(path, &acts, &mut out).unwrap();
-                            }
-                            black_box(&out);
-                        })
-                    });
+                    for &models in layouts {
+                        let use_packed = !packed.is_empty() && (packed[0].serves(m) == models);
+                        let name = match (models, use_packed) {
+                            (true, _) => "ours",
+                            (false, true) => "packed",
+                            (false, false) => "ggml-layout",
+                        };
+                        group.bench_function(BenchmarkId::new(name, path.name()), |b| {
+                            b.iter(|| {
+                                i = (i + 1) % copies;
+                                if use_packed {
+                                    let acts = QuantizedActs::quantize(&xs, m, k);
+                                    packed[i].matmul_quantized_on(path, &acts, &mut out).unwrap();
+                                } else {
+                                    matmul_on(path, wt, &raw[i], n, k, &xs, m, &mut out).unwrap();
+                                }
+                                black_box(&out);
+                            })
+                        });
+                    }
                 }
                 group.finish();
             }

@@ -1,12 +1,15 @@
-//! Q4_K weights repacked for the CPU: eight weight rows (output columns) interleaved
-//! four bytes at a time, so that one 256-bit integer dot product (`vpdpbusd`, or `maddubs` +
-//! `madd`) against four activation bytes broadcast to every lane gives eight columns' partial
-//! sums at once. No horizontal reduction is left inside the loop, and each weight byte is loaded
-//! once per tile of activation rows; this is what makes a block of 2..64 tokens cost little more
-//! than one.
+//! Weights repacked for the CPU: eight weight rows (output columns) interleaved four bytes at a
+//! time, so that one 256-bit integer dot product (`vpdpbusd`, or `maddubs` + `madd`) against
+//! four activation bytes broadcast to every lane gives eight columns' partial sums at once. No
+//! horizontal reduction is left inside the loop, and each weight byte is loaded once per tile of
+//! activation rows; this is what makes a block of 2..64 tokens cost little more than one.
+//!
+//! - [`PackedQ4K`]: Q4_K, for every call (its arithmetic is below).
+//! - [`PackedQ6K`]: Q6_K, for calls of [`Q6K_PACKED_MIN_ROWS`] rows or more, with the bits of
+//!   the kernel on ggml's layout in `qmatmul` (which one row takes), see its docs.
 //!
 //! The repacking is exact (the same values, scales and minimums, rearranged) and done once at
-//! load. Arithmetic, for column `c` and activation row `r`, in this order on every
+//! load. Q4_K arithmetic, for column `c` and activation row `r`, in this order on every
 //! path, per super-block and sub-block `j` of 32 values (`d_a`: the activation block's scale):
 //!
 //! - `S = Σ q_i · a_i` (exact in i32); `acc = fma(S, (d · sc_j) · d_a, acc)`, then
@@ -14,7 +17,7 @@
 //!   f16 times a 6-bit integer);
 //! - the output is `acc`.
 //!
-//! Each row runs this one sequence whatever the number of rows in the call, so rows stay
+//! Each row runs one sequence whatever the number of rows in the call, so rows stay
 //! bit-identical between a token decoded alone and the same token verified in a block.
 
 use candle_core::Result;
@@ -22,7 +25,7 @@ use half::f16;
 
 use candle_core::quantized::GgmlDType;
 
-use crate::qmatmul::{scales_mins_k4, QuantizedActs, SimdPath, SyncPtr, QK};
+use crate::qmatmul::{hsum8, scales_mins_k4, QuantizedActs, SimdPath, SyncPtr, QK};
 
 /// Weight rows interleaved per packed group.
 pub const GROUP_COLS: usize = 8;
@@ -35,39 +38,49 @@ const SC: usize = 32;
 const MN: usize = 96;
 const QS: usize = 160;
 /// A weight in one of the interleaved layouts.
-///
-/// Only Q4_K has one. Q6_K stays in ggml's layout: an interleaved Q6_K kernel written the same
-/// way read its weights at 13–23 GB/s for one row against 35–40 GB/s for the per-row kernel in
-/// `qmatmul` (its 6-bit values cost three times the unpacking), on a Zen 4.
 #[derive(Debug, Clone)]
 pub enum PackedWeight {
     Q4K(PackedQ4K),
+    Q6K(PackedQ6K),
 }
 
 impl PackedWeight {
-    /// Repacks `n` rows of ggml blocks of a type these kernels pack (Q4_K); `None` for others.
+    /// Repacks `n` rows of ggml blocks of a type these kernels pack (Q4_K, Q6_K); `None` for others.
     pub fn new(dtype: GgmlDType, w: &[u8], n: usize, k: usize) -> Result<Option<Self>> {
         Ok(match dtype {
             GgmlDType::Q4K => Some(Self::Q4K(PackedQ4K::new(w, n, k)?)),
+            GgmlDType::Q6K => Some(Self::Q6K(PackedQ6K::new(w, n, k)?)),
             _ => None,
         })
     }
 
     /// Whether [`Self::new`] packs this type.
     pub fn packs(dtype: GgmlDType) -> bool {
-        dtype == GgmlDType::Q4K
+        matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K)
+    }
+
+    /// Whether the packed layout is the faster one for a call with `m` activation rows: always
+    /// for Q4_K; for Q6_K from [`Q6K_PACKED_MIN_ROWS`] rows (fewer take the weight's ggml layout
+    /// in `qmatmul`, with the same bits).
+    pub fn serves(&self, m: usize) -> bool {
+        match self {
+            Self::Q4K(_) => true,
+            Self::Q6K(_) => m >= Q6K_PACKED_MIN_ROWS,
+        }
     }
 
     /// `(n, k)`.
     pub fn shape(&self) -> (usize, usize) {
         match self {
             Self::Q4K(p) => (p.n, p.k),
+            Self::Q6K(p) => (p.n, p.k),
         }
     }
 
     pub fn matmul_quantized_on(&self, path: SimdPath, acts: &QuantizedActs, out: &mut [f32]) -> Result<()> {
         match self {
             Self::Q4K(p) => p.matmul_quantized_on(path, acts, out),
+            Self::Q6K(p) => p.matmul_quantized_on(path, acts, out),
         }
     }
 }
@@ -320,3 +333,270 @@ macro_rules! packed_path {
 packed_path!(avx2, "avx2,fma,f16c", dot_acc_avx2, 4);
 #[cfg(target_arch = "x86_64")]
 packed_path!(vnni, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", dot_acc_vnni, 8);
+
+/// Activation rows from which a Q6_K weight runs packed ([`PackedWeight::serves`]). Below it
+/// the ggml-layout kernel in `qmatmul` is faster: one row is bound by memory, and that layout
+/// reads 6.6 bits per weight against 10 here. From it on, the unpacking this layout does once at
+/// load (the per-row kernel redoes it for every tile of rows) and the horizontal sums it avoids
+/// win (`benches/kernels.rs`, `Q6_K/*/m*`). Both give the same bits.
+pub const Q6K_PACKED_MIN_ROWS: usize = 2;
+/// Bytes of one ggml Q6_K super-block (256 values).
+const Q6K_BYTES: usize = 210;
+/// Q6_K chunk: eight columns × one 32-value block `j` of one super-block. The values `q − 32` as
+/// i8 (`[group of four values][column][4]`, 256 bytes), the scales of the block's two 16-value
+/// halves (`[half][column]`, i8), the offset correction `C` per column (i32, see
+/// [`PackedQ6K`]), then the super-block's `d` per column (f16).
+const Q6K_CHUNK: usize = 256 + 16 + 32 + 16;
+const Q6K_SC: usize = 256;
+const Q6K_CORR: usize = 272;
+const Q6K_D: usize = 304;
+
+/// A Q6_K weight `(n, k)` in an interleaved layout, for calls of several activation rows.
+///
+/// It gives the bits of `qmatmul`'s kernel on ggml's layout. That kernel, for a weight row and
+/// an activation row, sums block `b` (32 values) exactly, `S_b = Σ_h sc_h · Σ (q − 32) · a` over
+/// its two halves `h`, then accumulates `acc_j = fma(S_b, d · d_a, acc_j)` in lane `j = b mod 8`
+/// of eight f32 lanes, super-block after super-block, and returns
+/// `((acc_0 + acc_4) + (acc_2 + acc_6)) + ((acc_1 + acc_5) + (acc_3 + acc_7))`. Here the same
+/// eight accumulators are eight vectors whose lanes are the eight columns of a group, so the
+/// final sum is lane-wise. The integer dot products (`vpdpbusd`, or `maddubs` + `madd`) take
+/// unsigned × signed bytes, so they run on `a + 128` against the signed `q − 32`:
+/// `S_b = Σ_h sc_h · Σ (a + 128)(q − 32) + C` with `C = −128 · Σ_h sc_h · Σ (q − 32)`, stored per
+/// block and column. Chunks are ordered `[group][j][super-block]`, the loop's own order.
+#[derive(Debug, Clone)]
+pub struct PackedQ6K {
+    pub n: usize,
+    pub k: usize,
+    data: Vec<u8>,
+}
+
+impl PackedQ6K {
+    /// Repacks `n` rows of ggml Q6_K blocks for rows of `k` values (a multiple of 256).
+    pub fn new(w: &[u8], n: usize, k: usize) -> Result<Self> {
+        if k == 0 || !k.is_multiple_of(256) || w.len() != n * (k / 256) * Q6K_BYTES {
+            candle_core::bail!("Q6_K repack: {} bytes for ({n}, {k})", w.len());
+        }
+        let nsb = k / 256;
+        let groups = n.div_ceil(GROUP_COLS);
+        // Columns past `n` in the last group stay zero (values, scales and d: exact zeros).
+        let mut data = vec![0u8; groups * 8 * nsb * Q6K_CHUNK];
+        for (chunk_index, chunk) in data.chunks_exact_mut(Q6K_CHUNK).enumerate() {
+            let (g, j, sb) = (chunk_index / (8 * nsb), chunk_index / nsb % 8, chunk_index % nsb);
+            let (h, t) = (j / 4, j % 4);
+            for c in 0..GROUP_COLS {
+                let col = g * GROUP_COLS + c;
+                if col >= n {
+                    break;
+                }
+                let blk = &w[(col * nsb + sb) * Q6K_BYTES..][..Q6K_BYTES];
+                let (ql, qh, sc) = (&blk[..128], &blk[128..192], &blk[192..208]);
+                let mut corr = 0i32;
+                for half in 0..2 {
+                    let mut sum = 0i32;
+                    for l in 16 * half..16 * half + 16 {
+                        // ggml's layout: block j = 4h + t takes the low (t < 2) or high nibbles of
+                        // ql[64h + 32(t & 1) + l] and bits 2t..2t+2 of qh[32h + l].
+                        let low = ql[64 * h + 32 * (t & 1) + l];
+                        let low = if t < 2 { low & 0x0f } else { low >> 4 };
+                        let high = (qh[32 * h + l] >> (2 * t)) & 3;
+                        let q = (low | (high << 4)) as i32 - 32;
+                        chunk[32 * (l / 4) + 4 * c + l % 4] = q as i8 as u8;
+                        sum += q;
+                    }
+                    chunk[Q6K_SC + 8 * half + c] = sc[2 * j + half];
+                    corr += sc[2 * j + half] as i8 as i32 * sum;
+                }
+                chunk[Q6K_CORR + 4 * c..Q6K_CORR + 4 * c + 4].copy_from_slice(&(-128 * corr).to_le_bytes());
+                chunk[Q6K_D + 2 * c..Q6K_D + 2 * c + 2].copy_from_slice(&blk[208..210]);
+            }
+        }
+        Ok(Self { n, k, data })
+    }
+
+    /// `out (m, n) = acts · Wᵀ` on `path`, split over groups of columns on candle's thread pool.
+    pub fn matmul_quantized_on(&self, path: SimdPath, acts: &QuantizedActs, out: &mut [f32]) -> Result<()> {
+        check_call(self.n, self.k, path, acts, out)?;
+        // The activations as unsigned bytes a + 128, for the u8 × i8 products.
+        let au: Vec<u8> = if path == SimdPath::Scalar { Vec::new() } else { acts.qs.iter().map(|&q| q as u8 ^ 0x80).collect() };
+        let (n, nsb, data, out_ptr) = (self.n, self.k / 256, &self.data, SyncPtr(out.as_mut_ptr()));
+        for_each_group(n, |g| {
+            let cols = GROUP_COLS.min(n - g * GROUP_COLS);
+            // SAFETY: columns of group g belong to this item alone; its 8 · nsb chunks are in `data`.
+            unsafe {
+                let (p, o) = (data.as_ptr().add(g * 8 * nsb * Q6K_CHUNK), out_ptr.get().add(g * GROUP_COLS));
+                match path {
+                    SimdPath::Scalar => scalar_group_q6k(p, nsb, acts, o, n, cols),
+                    #[cfg(target_arch = "x86_64")]
+                    SimdPath::Avx2 => avx2_q6k::group(p, nsb, &au, acts, o, n, cols),
+                    #[cfg(target_arch = "x86_64")]
+                    SimdPath::Avx512Vnni => vnni_q6k::group(p, nsb, &au, acts, o, n, cols),
+                    #[cfg(not(target_arch = "x86_64"))]
+                    _ => unreachable!("checked by is_available"),
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// The reference arithmetic on the packed layout, one column and one row at a time, with the
+/// signed activations directly (no `a + 128`, no correction `C`).
+///
+/// # Safety
+/// `p` points at the `8 · nsb` chunks of one group; `out` at its first column of an `(m, n)` output.
+unsafe fn scalar_group_q6k(p: *const u8, nsb: usize, acts: &QuantizedActs, out: *mut f32, n: usize, cols: usize) {
+    let chunks = std::slice::from_raw_parts(p, 8 * nsb * Q6K_CHUNK);
+    for r in 0..acts.m {
+        for c in 0..cols {
+            let mut acc = [0f32; 8];
+            for (j, acc) in acc.iter_mut().enumerate() {
+                for sb in 0..nsb {
+                    let ch = &chunks[(j * nsb + sb) * Q6K_CHUNK..][..Q6K_CHUNK];
+                    let b = r * acts.nbp + sb * 8 + j;
+                    let a = &acts.qs[b * QK..(b + 1) * QK];
+                    let half = |h: usize| -> i32 {
+                        let s: i32 = (16 * h..16 * h + 16).map(|l| ch[32 * (l / 4) + 4 * c + l % 4] as i8 as i32 * a[l] as i32).sum();
+                        s * ch[Q6K_SC + 8 * h + c] as i8 as i32
+                    };
+                    let d = f16::from_le_bytes([ch[Q6K_D + 2 * c], ch[Q6K_D + 2 * c + 1]]).to_f32();
+                    *acc = ((half(0) + half(1)) as f32).mul_add(d * acts.d[b], *acc);
+                }
+            }
+            *out.add(r * n + c) = hsum8(acc);
+        }
+    }
+}
+
+/// One 16-value half on AVX2: `sc · Σ (a + 128)(q − 32)` per column, `sc16` the scales as i16
+/// pairs (`maddubs` pairs stay within i16: 2 · 255 · 32).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn q6k_half_avx2(
+    w: &[core::arch::x86_64::__m256i],
+    a: *const u8,
+    _sc: core::arch::x86_64::__m256i,
+    sc16: core::arch::x86_64::__m256i,
+) -> core::arch::x86_64::__m256i {
+    use core::arch::x86_64::*;
+    let a4 = |g: usize| _mm256_set1_epi32(std::ptr::read_unaligned(a.add(4 * g) as *const i32));
+    let p = |g: usize| _mm256_madd_epi16(_mm256_maddubs_epi16(a4(g), w[g]), sc16);
+    _mm256_add_epi32(_mm256_add_epi32(p(0), p(1)), _mm256_add_epi32(p(2), p(3)))
+}
+
+/// One 16-value half on AVX-512 VNNI: four `vpdpbusd`, then one multiply by the scales.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+#[inline]
+unsafe fn q6k_half_vnni(
+    w: &[core::arch::x86_64::__m256i],
+    a: *const u8,
+    sc: core::arch::x86_64::__m256i,
+    _sc16: core::arch::x86_64::__m256i,
+) -> core::arch::x86_64::__m256i {
+    use core::arch::x86_64::*;
+    let a4 = |g: usize| _mm256_set1_epi32(std::ptr::read_unaligned(a.add(4 * g) as *const i32));
+    let mut s = _mm256_setzero_si256();
+    for (g, &w) in w.iter().enumerate().take(4) {
+        s = _mm256_dpbusd_epi32(s, a4(g), w);
+    }
+    _mm256_mullo_epi32(s, sc)
+}
+
+/// The packed Q6_K kernels, per path: `$half` one half's scaled sum, `$max_rows` the activation
+/// rows per register tile.
+#[cfg(target_arch = "x86_64")]
+macro_rules! packed_q6k_path {
+    ($name:ident, $features:literal, $half:ident, $max_rows:literal) => {
+        mod $name {
+            use super::*;
+            use core::arch::x86_64::*;
+
+            const MAX_R: usize = $max_rows;
+
+            /// Rows r0..r0+R against one group's chunks.
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn rows<const R: usize>(
+                p: *const u8,
+                nsb: usize,
+                au: &[u8],
+                acts: &QuantizedActs,
+                r0: usize,
+                out: *mut f32,
+                n: usize,
+                cols: usize,
+            ) {
+                let mut parts = [[_mm256_setzero_ps(); 8]; R];
+                let low16 = _mm256_set1_epi32(0xffff);
+                for j in 0..8 {
+                    let mut acc = [_mm256_setzero_ps(); R];
+                    for sb in 0..nsb {
+                        let ch = p.add((j * nsb + sb) * Q6K_CHUNK);
+                        let mut w = [_mm256_setzero_si256(); 8];
+                        for (g, w) in w.iter_mut().enumerate() {
+                            *w = _mm256_loadu_si256(ch.add(32 * g) as *const __m256i);
+                        }
+                        let sc = |h: usize| _mm256_cvtepi8_epi32(_mm_loadl_epi64(ch.add(Q6K_SC + 8 * h) as *const __m128i));
+                        let (sc0, sc1) = (sc(0), sc(1));
+                        // The same scales as i16 pairs (for `madd`).
+                        let pairs = |s: __m256i| _mm256_or_si256(_mm256_and_si256(s, low16), _mm256_slli_epi32::<16>(s));
+                        let (sc0p, sc1p) = (pairs(sc0), pairs(sc1));
+                        let corr = _mm256_loadu_si256(ch.add(Q6K_CORR) as *const __m256i);
+                        let d = _mm256_cvtph_ps(_mm_loadu_si128(ch.add(Q6K_D) as *const __m128i));
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            let b = (r0 + r) * acts.nbp + sb * 8 + j;
+                            let a = au.as_ptr().add(b * QK);
+                            let s = _mm256_add_epi32(
+                                _mm256_add_epi32($half(&w[..4], a, sc0, sc0p), $half(&w[4..], a.add(16), sc1, sc1p)),
+                                corr,
+                            );
+                            let da = _mm256_set1_ps(*acts.d.get_unchecked(b));
+                            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, da), *acc);
+                        }
+                    }
+                    for (part, acc) in parts.iter_mut().zip(acc) {
+                        part[j] = acc;
+                    }
+                }
+                for (r, v) in parts.iter().enumerate() {
+                    let y = _mm256_add_ps(
+                        _mm256_add_ps(_mm256_add_ps(v[0], v[4]), _mm256_add_ps(v[2], v[6])),
+                        _mm256_add_ps(_mm256_add_ps(v[1], v[5]), _mm256_add_ps(v[3], v[7])),
+                    );
+                    let mut ys = [0f32; GROUP_COLS];
+                    _mm256_storeu_ps(ys.as_mut_ptr(), y);
+                    std::ptr::copy_nonoverlapping(ys.as_ptr(), out.add((r0 + r) * n), cols);
+                }
+            }
+
+            /// # Safety
+            /// As `scalar_group_q6k`; `au` holds the activations plus 128; the CPU has this
+            /// path's features.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn group(p: *const u8, nsb: usize, au: &[u8], acts: &QuantizedActs, out: *mut f32, n: usize, cols: usize) {
+                let mut r0 = 0;
+                while r0 < acts.m {
+                    let nr = (acts.m - r0).min(MAX_R);
+                    match nr {
+                        1 => rows::<1>(p, nsb, au, acts, r0, out, n, cols),
+                        2 if MAX_R >= 2 => rows::<2>(p, nsb, au, acts, r0, out, n, cols),
+                        3 if MAX_R >= 3 => rows::<3>(p, nsb, au, acts, r0, out, n, cols),
+                        4 if MAX_R >= 4 => rows::<4>(p, nsb, au, acts, r0, out, n, cols),
+                        5 if MAX_R >= 5 => rows::<5>(p, nsb, au, acts, r0, out, n, cols),
+                        6 if MAX_R >= 6 => rows::<6>(p, nsb, au, acts, r0, out, n, cols),
+                        7 if MAX_R >= 7 => rows::<7>(p, nsb, au, acts, r0, out, n, cols),
+                        8 if MAX_R >= 8 => rows::<8>(p, nsb, au, acts, r0, out, n, cols),
+                        _ => unreachable!("row tiles hold 1..={MAX_R} rows"),
+                    }
+                    r0 += nr;
+                }
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+packed_q6k_path!(avx2_q6k, "avx2,fma,f16c", q6k_half_avx2, 4);
+#[cfg(target_arch = "x86_64")]
+packed_q6k_path!(vnni_q6k, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", q6k_half_vnni, 8);

@@ -18,9 +18,10 @@
 //! The scalar path spells this out; the AVX2 path (`maddubs` + `madd`) and the AVX-512 VNNI path
 //! (`vpdpbusd` on 256-bit registers) produce the same integer sums and run the same float
 //! operations, so all three give identical bits (the tests check it on every path the machine
-//! has). Work is split over output columns (weight rows) on candle's persistent CPU thread pool,
-//! one parallel region per product; each weight row is read from memory once, its blocks
-//! unpacked once per tile of up to 4 (AVX2) or 8 (AVX-512) activation rows.
+//! has). [`crate::packed::PackedQ6K`] gives the Q6_K kernel's bits in an interleaved layout, for
+//! calls of several rows. Work is split over output columns (weight rows) on candle's persistent
+//! CPU thread pool, one parallel region per product; each weight row is read from memory once,
+//! its blocks unpacked once per tile of up to 4 (AVX2) or 8 (AVX-512) activation rows.
 //!
 //! The path is picked at run time ([`selected_path`]): the best the CPU has, capped by the
 //! environment variable `DECODEBENCH_SIMD` (`scalar`, `avx2`, `avx512vnni`).
@@ -312,8 +313,10 @@ pub fn matmul_quantized_on(
     if acts.m == 0 || n == 0 {
         return Ok(());
     }
-    if let Some(packed) = crate::packed::PackedWeight::new(wt.ggml(), w, n, k)? {
+    if wt == WeightType::Q4K {
         // Q4_K runs in its interleaved layout (models repack once at load, see [`qmatmul_packed`]).
+        // Q6_K has one too, with the bits of the ggml-layout kernel below.
+        let packed = crate::packed::PackedQ4K::new(w, n, k)?;
         return packed.matmul_quantized_on(path, acts, out);
     }
     let tiles = n.div_ceil(COLS);
@@ -403,7 +406,7 @@ pub fn qmatmul(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
 }
 
 #[inline]
-fn hsum8(a: [f32; 8]) -> f32 {
+pub(crate) fn hsum8(a: [f32; 8]) -> f32 {
     ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 }
 
@@ -1007,6 +1010,28 @@ mod tests {
                         let one: Vec<u32> = alone.iter().map(|v| v.to_bits()).collect();
                         assert_eq!(row, one, "{} {wt:?}: row {r} of {m}", path.name());
                     }
+                }
+            }
+        }
+    }
+
+    /// The packed Q6_K layout gives the bits of the kernel on ggml's layout, on every path, for
+    /// ragged column counts and row counts on both sides of the row tiles.
+    #[test]
+    fn packed_q6k_equals_the_ggml_layout_kernel() {
+        let mut g = Lcg(5);
+        for (n, k) in shapes(WeightType::Q6K) {
+            let w = random_weights(WeightType::Q6K, n, k, &mut g);
+            let packed = crate::packed::PackedQ6K::new(&w, n, k).unwrap();
+            for m in [1usize, 2, 3, 4, 5, 8, 9, 17, 64] {
+                let x: Vec<f32> = (0..m * k).map(|_| g.next() * 3.0).collect();
+                let reference = run(SimdPath::Scalar, WeightType::Q6K, &w, n, k, &x, m);
+                let acts = QuantizedActs::quantize(&x, m, k);
+                for path in available_paths() {
+                    let mut y = vec![f32::NAN; m * n];
+                    packed.matmul_quantized_on(path, &acts, &mut y).unwrap();
+                    let same = y.iter().zip(&reference).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "packed Q6_K on {}: n {n} k {k} m {m} differs from the ggml-layout kernel", path.name());
                 }
             }
         }

@@ -54,8 +54,8 @@ pub struct GgufFile {
     path: String,
     /// (from, to, tensors) converted by the last load.
     converted: Vec<(GgmlDType, GgmlDType, usize)>,
-    /// Q4_K weights repacked for the project's kernels by the last load.
-    packed: usize,
+    /// Weights repacked for the project's kernels by the last load: (type, count), Q4_K then Q6_K.
+    packed: [(GgmlDType, usize); 2],
     /// Convert weights at load ([`Self::set_convert`]).
     convert: bool,
     /// Dequantize every weight to f32 at load ([`Self::load_transformer_dequantized`]).
@@ -89,7 +89,15 @@ impl GgufFile {
         if data_end > file_len {
             bail!("{shown} is truncated: its tensors need {data_end} bytes, the file has {file_len}");
         }
-        Ok(Self { content, reader, path: shown, converted: Vec::new(), packed: 0, convert: conversions_enabled(), dequantize: false })
+        Ok(Self {
+            content,
+            reader,
+            path: shown,
+            converted: Vec::new(),
+            packed: NO_PACKED,
+            convert: conversions_enabled(),
+            dequantize: false,
+        })
     }
 
     pub fn path(&self) -> &str {
@@ -193,8 +201,14 @@ impl GgufFile {
         let bias_name = format!("{prefix}.bias");
         let bias = if bias && self.has_tensor(&bias_name) { Some(self.dense(&bias_name, device)?) } else { None };
         let linear = Linear::new(weight, bias).map_err(|e| anyhow::anyhow!("{}: tensor `{prefix}.weight`: {e}", self.path))?;
-        self.packed += usize::from(linear.is_packed());
+        self.count_packed(&linear);
         Ok(linear)
+    }
+
+    fn count_packed(&mut self, linear: &Linear) {
+        if let (true, QMatMul::QTensor(t)) = (linear.is_packed(), &linear.weight) {
+            self.packed.iter_mut().filter(|(dtype, _)| *dtype == t.dtype()).for_each(|(_, n)| *n += 1);
+        }
     }
 
     fn norm(&mut self, name: &str, eps: f32, device: &Device) -> Result<RmsNorm> {
@@ -246,7 +260,7 @@ impl GgufFile {
     pub fn load_transformer(&mut self, name: String, device: &Device) -> Result<Transformer> {
         let cfg = self.config()?;
         self.converted.clear();
-        self.packed = 0;
+        self.packed = NO_PACKED;
         let eps = cfg.rms_eps as f32;
         let qkv_bias = cfg.arch == "qwen2";
         let tied = !self.has_tensor("output.weight");
@@ -266,7 +280,7 @@ impl GgufFile {
         let lm_head = match tied_head {
             Some(weight) => {
                 let linear = Linear::new(weight, None)?;
-                self.packed += usize::from(linear.is_packed());
+                self.count_packed(&linear);
                 linear
             }
             None => self.linear("output", false, device)?,
@@ -295,9 +309,7 @@ impl GgufFile {
     /// `Q5_0 → Q8_0 (exact), 132 tensors`.
     pub fn conversions(&self) -> Vec<String> {
         let mut out: Vec<String> = self.converted.iter().map(|(from, to, n)| conversion_text(*from, *to, *n)).collect();
-        if self.packed > 0 {
-            out.push(packing_text(self.packed));
-        }
+        out.extend(self.packed.iter().filter(|(_, n)| *n > 0).map(|&(dtype, n)| packing_text(dtype, n)));
         out
     }
 
@@ -316,9 +328,13 @@ impl GgufFile {
         if self.convert && q5 > 0 {
             out.push(conversion_text(GgmlDType::Q5_0, GgmlDType::Q8_0, q5));
         }
-        let packed = matmul_weights(GgmlDType::Q4K);
-        if own_kernels_default() && !self.dequantize && packed > 0 {
-            out.push(packing_text(packed));
+        if own_kernels_default() && !self.dequantize {
+            for (dtype, _) in NO_PACKED {
+                let packed = matmul_weights(dtype);
+                if packed > 0 {
+                    out.push(packing_text(dtype, packed));
+                }
+            }
         }
         out
     }
@@ -357,8 +373,18 @@ pub fn ggml_name(dtype: GgmlDType) -> String {
     }
 }
 
-fn packing_text(n: usize) -> String {
-    format!("Q4_K → 8-row interleaved layout for the project's kernels (exact), {n} tensor{}", if n == 1 { "" } else { "s" })
+/// The types the project's kernels repack at load, none counted yet.
+const NO_PACKED: [(GgmlDType, usize); 2] = [(GgmlDType::Q4K, 0), (GgmlDType::Q6K, 0)];
+
+fn packing_text(dtype: GgmlDType, n: usize) -> String {
+    let plural = if n == 1 { "" } else { "s" };
+    match dtype {
+        GgmlDType::Q6K => {
+            let rows = decodebench_kernels::packed::Q6K_PACKED_MIN_ROWS;
+            format!("Q6_K → 8-row interleaved copy for blocks of {rows}+ rows (exact: the bits of the ggml layout, which fewer rows read), {n} tensor{plural}")
+        }
+        _ => format!("{} → 8-row interleaved layout for the project's kernels (exact), {n} tensor{plural}", ggml_name(dtype)),
+    }
 }
 
 fn conversion_text(from: GgmlDType, to: GgmlDType, n: usize) -> String {

@@ -44,13 +44,14 @@ pub struct TransformerConfig {
 pub struct Linear {
     pub weight: QMatMul,
     pub bias: Option<Tensor>,
-    /// A Q4_K weight repacked for the project's kernels (when they are on at load).
+    /// A Q4_K or Q6_K weight repacked for the project's kernels (when they are on at load).
     packed: Option<Arc<PackedWeight>>,
 }
 
 impl Linear {
-    /// Repacks a Q4_K weight for the project's kernels when they are on
+    /// Repacks a Q4_K or Q6_K weight for the project's kernels when they are on
     /// ([`own_kernels_default`]); the repacking is exact (see `decodebench_kernels::packed`).
+    /// A Q6_K weight keeps its ggml layout too, which calls of one row read.
     pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Result<Self> {
         let packed = match &weight {
             QMatMul::QTensor(t) if own_kernels_default() && PackedWeight::packs(t.dtype()) && decodebench_kernels::qmatmul::covers(t) => {
@@ -62,7 +63,7 @@ impl Linear {
         Ok(Self { weight, bias, packed })
     }
 
-    /// Whether the weight was repacked at load (Q4_K, for the project's kernels).
+    /// Whether the weight was repacked at load (Q4_K, Q6_K, for the project's kernels).
     pub fn is_packed(&self) -> bool {
         self.packed.is_some()
     }
@@ -83,8 +84,10 @@ impl Linear {
     pub fn forward_with(&self, x: &Tensor, own_kernels: bool, exact_rows: bool) -> Result<Tensor> {
         let own = match (&self.weight, &self.packed) {
             (QMatMul::QTensor(t), packed) if own_kernels && (exact_rows || !prefers_candle_batched(t.dtype(), x)?) => match packed {
-                Some(p) => Some(decodebench_kernels::qmatmul::qmatmul_packed(p, x)?),
-                None => decodebench_kernels::qmatmul::qmatmul(t, x)?,
+                Some(p) if p.serves(x.elem_count() / x.dim(candle_core::D::Minus1)?) => {
+                    Some(decodebench_kernels::qmatmul::qmatmul_packed(p, x)?)
+                }
+                _ => decodebench_kernels::qmatmul::qmatmul(t, x)?,
             },
             _ => None,
         };
