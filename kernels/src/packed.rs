@@ -236,6 +236,31 @@ unsafe fn dot_acc_vnni(
     core::arch::x86_64::_mm256_dpbusd_epi32(acc, u, s)
 }
 
+/// Units ahead of the one being read that the kernels prefetch. With many activation rows the
+/// kernels spend long enough on each unit that the hardware prefetcher falls behind and the
+/// weight stream stops overlapping the arithmetic (8 rows of a 8960x1536 Q4_K weight: 470 µs
+/// from cache, 898 µs from memory, without prefetching).
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_UNITS: usize = 4;
+/// Activation rows from which the kernels prefetch. With fewer, they spend little enough on each
+/// unit that the hardware prefetcher keeps up, and the prefetches only cost (Q4_K at 4 rows:
+/// 5-10% slower with them; 5-25% faster with them from 8 rows, Q6_K 25-30% at 8 and 16).
+#[cfg(target_arch = "x86_64")]
+const PREFETCH_MIN_ROWS: usize = 8;
+
+/// Prefetches the `bytes` that lie [`PREFETCH_UNITS`] units of `bytes` past `unit`; the address
+/// may run past the weight's end (a prefetch does not fault), so it is formed without `add`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_ahead(unit: *const u8, bytes: usize) {
+    use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let ahead = unit.wrapping_add(PREFETCH_UNITS * bytes);
+    for line in (0..bytes).step_by(64) {
+        // SAFETY: prefetching is a hint; it reads nothing and cannot fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line) as *const i8) };
+    }
+}
+
 /// The x86 kernels, per path: `$dot_acc` the accumulating u8 × i8 dot product and `$max_rows` the
 /// activation rows per register tile.
 #[cfg(target_arch = "x86_64")]
@@ -263,6 +288,9 @@ macro_rules! packed_path {
                 let (qs, ad, asum) = (acts.qs.as_ptr(), acts.d.as_ptr(), acts.sa.as_ptr());
                 for sb in 0..nsb {
                     let u = p.add(sb * UNIT);
+                    if acts.m >= PREFETCH_MIN_ROWS {
+                        prefetch_ahead(u, UNIT);
+                    }
                     let d = _mm256_cvtph_ps(_mm_loadu_si128(u as *const __m128i));
                     let dmin = _mm256_cvtph_ps(_mm_loadu_si128(u.add(16) as *const __m128i));
                     for j in 0..8 {
@@ -533,6 +561,9 @@ macro_rules! packed_q6k_path {
                     let mut acc = [_mm256_setzero_ps(); R];
                     for sb in 0..nsb {
                         let ch = p.add((j * nsb + sb) * Q6K_CHUNK);
+                        if acts.m >= PREFETCH_MIN_ROWS {
+                            prefetch_ahead(ch, Q6K_CHUNK);
+                        }
                         let mut w = [_mm256_setzero_si256(); 8];
                         for (g, w) in w.iter_mut().enumerate() {
                             *w = _mm256_loadu_si256(ch.add(32 * g) as *const __m256i);
