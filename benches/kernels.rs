@@ -7,8 +7,8 @@
 //! Qwen-1.5B's MLP down projection and its 151936-row head), for 1, 2, 4, 8, 16 and 64 activation
 //! rows. Benchmarks per group: `candle` (candle's `QMatMul::forward`), and `ours/<path>` for every SIMD path this CPU runs
 //! (`avx2`, `avx512vnni`, and `scalar` at one row only; the selected one is what models use).
-//! Q6_K has two layouts with the same bits: `ours` is the one models take at that row count,
-//! and `packed/<path>` or `ggml-layout/<path>` the other one.
+//! Q4_1 and Q6_K have two layouts with the same bits: `ours` is the one models take at that row
+//! count, and `packed/<path>` or `ggml-layout/<path>` the other one.
 //!
 //! Every iteration multiplies by the next of several copies of the weight, enough copies to
 //! exceed 64 MB, so the weights come from memory as in a real forward, not from cache.
@@ -58,7 +58,7 @@ fn main() {
             let bytes = q.data().unwrap().len();
             let copies = working_set.div_ceil(bytes).max(1);
             let raw: Vec<Vec<u8>> = (0..copies).map(|_| q.data().unwrap().into_owned()).collect();
-            // Q4_K and Q6_K run in interleaved layouts, repacked once (as models do at load).
+            // Q4_1, Q4_K and Q6_K run in interleaved layouts, repacked once (as models do at load).
             let packed: Vec<PackedWeight> = raw.iter().filter_map(|r| PackedWeight::new(wt.ggml(), r, n, k).unwrap()).collect();
             let candle: Vec<QMatMul> =
                 (0..copies).map(|_| QMatMul::from_qtensor(QTensor::quantize(&w, wt.ggml()).unwrap()).unwrap()).collect();
@@ -75,9 +75,10 @@ fn main() {
                     })
                 });
                 let mut out = vec![0f32; m * n];
-                // `ours`: what models run (Q6_K packed from Q6K_PACKED_MIN_ROWS rows, on ggml's
-                // layout below); for Q6_K also the other layout, `packed` or `ggml-layout`.
-                let layouts: &[bool] = if packed.is_empty() || wt != WeightType::Q6K { &[true] } else { &[true, false] };
+                // `ours`: what models run (Q4_1 packed, Q6_K packed from Q6K_PACKED_MIN_ROWS rows
+                // and on ggml's layout below); for both also the other layout, `packed` or
+                // `ggml-layout` (same bits).
+                let layouts: &[bool] = if packed.is_empty() || wt == WeightType::Q4K { &[true] } else { &[true, false] };
                 // The scalar fallback only at one row: it is there for correctness, not speed.
                 for path in available_paths().into_iter().filter(|&p| p != SimdPath::Scalar || m == 1) {
                     for &models in layouts {
