@@ -7,7 +7,7 @@
 //! Qwen-1.5B's MLP down projection and its 151936-row head), for 1, 2, 4, 8, 16 and 64 activation
 //! rows. Benchmarks per group: `candle` (candle's `QMatMul::forward`), and `ours/<path>` for every SIMD path this CPU runs
 //! (`avx2`, `avx512vnni`, and `scalar` at one row only; the selected one is what models use).
-//! Q4_1 and Q6_K have two layouts with the same bits: `ours` is the one models take at that row
+//! Q4_1, Q8_0 and Q6_K have two layouts with the same bits: `ours` is the one models take at that row
 //! count, and `packed/<path>` or `ggml-layout/<path>` the other one.
 //!
 //! Every iteration multiplies by the next of several copies of the weight, enough copies to
@@ -75,9 +75,9 @@ fn main() {
                     })
                 });
                 let mut out = vec![0f32; m * n];
-                // `ours`: what models run (Q4_1 packed, Q6_K packed from Q6K_PACKED_MIN_ROWS rows
-                // and on ggml's layout below); for both also the other layout, `packed` or
-                // `ggml-layout` (same bits).
+                // `ours`: what models run (Q4_1 and Q8_0 packed; Q6_K packed from
+                // Q6K_PACKED_MIN_ROWS rows, on ggml's layout below); for these three also the
+                // other layout, `packed` or `ggml-layout` (same bits).
                 let layouts: &[bool] = if packed.is_empty() || wt == WeightType::Q4K { &[true] } else { &[true, false] };
                 // The scalar fallback only at one row: it is there for correctness, not speed.
                 for path in available_paths().into_iter().filter(|&p| p != SimdPath::Scalar || m == 1) {

@@ -5,8 +5,8 @@
 //! activation rows; this is what makes a block of 2..64 tokens cost little more than one.
 //!
 //! - [`PackedQ4K`]: Q4_K, for every call (its arithmetic is below).
-//! - [`PackedQ41`]: Q4_1, for every call, with the bits of the kernel on ggml's layout in
-//!   `qmatmul`, see its docs.
+//! - [`PackedQ41`] and [`PackedQ80`]: Q4_1 and Q8_0, for every call, with the bits of the
+//!   kernel on ggml's layout in `qmatmul`, see their docs.
 //! - [`PackedQ6K`]: Q6_K, for calls of [`Q6K_PACKED_MIN_ROWS`] rows or more, with the bits of
 //!   the kernel on ggml's layout in `qmatmul` (which one row takes), see its docs.
 //!
@@ -45,30 +45,33 @@ pub enum PackedWeight {
     Q4K(PackedQ4K),
     Q6K(PackedQ6K),
     Q41(PackedQ41),
+    Q80(PackedQ80),
 }
 
 impl PackedWeight {
-    /// Repacks `n` rows of ggml blocks of a type these kernels pack (Q4_1, Q4_K, Q6_K); `None` for others.
+    /// Repacks `n` rows of ggml blocks of a type these kernels pack (Q4_1, Q8_0, Q4_K, Q6_K);
+    /// `None` for others.
     pub fn new(dtype: GgmlDType, w: &[u8], n: usize, k: usize) -> Result<Option<Self>> {
         Ok(match dtype {
             GgmlDType::Q4K => Some(Self::Q4K(PackedQ4K::new(w, n, k)?)),
             GgmlDType::Q6K => Some(Self::Q6K(PackedQ6K::new(w, n, k)?)),
             GgmlDType::Q4_1 => Some(Self::Q41(PackedQ41::new(w, n, k)?)),
+            GgmlDType::Q8_0 => Some(Self::Q80(PackedQ80::new(w, n, k)?)),
             _ => None,
         })
     }
 
     /// Whether [`Self::new`] packs this type.
     pub fn packs(dtype: GgmlDType) -> bool {
-        matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q4K | GgmlDType::Q6K)
+        matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q6K)
     }
 
     /// Whether the packed layout is the faster one for a call with `m` activation rows: always
-    /// for Q4_1 and Q4_K; for Q6_K from [`Q6K_PACKED_MIN_ROWS`] rows (fewer take the weight's ggml layout
+    /// for Q4_1, Q8_0 and Q4_K; for Q6_K from [`Q6K_PACKED_MIN_ROWS`] rows (fewer take the weight's ggml layout
     /// in `qmatmul`, with the same bits).
     pub fn serves(&self, m: usize) -> bool {
         match self {
-            Self::Q4K(_) | Self::Q41(_) => true,
+            Self::Q4K(_) | Self::Q41(_) | Self::Q80(_) => true,
             Self::Q6K(_) => m >= Q6K_PACKED_MIN_ROWS,
         }
     }
@@ -79,6 +82,7 @@ impl PackedWeight {
             Self::Q4K(p) => (p.n, p.k),
             Self::Q6K(p) => (p.n, p.k),
             Self::Q41(p) => (p.n, p.k),
+            Self::Q80(p) => (p.n, p.k),
         }
     }
 
@@ -87,6 +91,7 @@ impl PackedWeight {
             Self::Q4K(p) => p.matmul_quantized_on(path, acts, out),
             Self::Q6K(p) => p.matmul_quantized_on(path, acts, out),
             Self::Q41(p) => p.matmul_quantized_on(path, acts, out),
+            Self::Q80(p) => p.matmul_quantized_on(path, acts, out),
         }
     }
 }
@@ -848,3 +853,188 @@ macro_rules! packed_q41_path {
 packed_q41_path!(avx2_q41, "avx2,fma,f16c", dot_acc_avx2, 4);
 #[cfg(target_arch = "x86_64")]
 packed_q41_path!(vnni_q41, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", dot_acc_vnni, 8);
+
+/// Bytes of one ggml Q8_0 block (32 values): `d` (f16), 32 i8 values.
+const Q80_BYTES: usize = 34;
+/// Q8_0 chunk: eight columns × one block. The values (`[group of four][column][4]`, 256 bytes),
+/// then `d` per column (f16).
+const Q80_CHUNK: usize = 256 + 16;
+const Q80_D: usize = 256;
+
+/// A Q8_0 weight `(n, k)` in an interleaved layout, with the bits of `qmatmul`'s kernel on
+/// ggml's layout: `acc_j = fma(S_b, d · d_a, acc_j)` in lane `j = b mod 8`, then `h(acc)`, as
+/// for [`PackedQ41`] (whose chunk order this shares) without the offset term. The u8 × i8 dot
+/// products take `|w|` against the activations with `w`'s sign (`vpsignb`), as ggml does: the
+/// same exact integer `S_b`, with `maddubs` pairs within i16 (2 · 128 · 127).
+#[derive(Debug, Clone)]
+pub struct PackedQ80 {
+    pub n: usize,
+    pub k: usize,
+    data: Vec<u8>,
+}
+
+impl PackedQ80 {
+    /// Repacks `n` rows of ggml Q8_0 blocks for rows of `k` values (a multiple of 32).
+    pub fn new(w: &[u8], n: usize, k: usize) -> Result<Self> {
+        if k == 0 || !k.is_multiple_of(QK) || w.len() != n * (k / QK) * Q80_BYTES {
+            candle_core::bail!("Q8_0 repack: {} bytes for ({n}, {k})", w.len());
+        }
+        let nb = k / QK;
+        let groups = n.div_ceil(GROUP_COLS);
+        // Columns past `n` in the last group stay zero (d = 0: exact zeros, never written out).
+        let mut data = vec![0u8; groups * nb * Q80_CHUNK];
+        for g in 0..groups {
+            for b in 0..nb {
+                let at = (g * nb + q41_lane_start(nb, b % 8) + b / 8) * Q80_CHUNK;
+                let chunk = &mut data[at..at + Q80_CHUNK];
+                for c in 0..GROUP_COLS.min(n - g * GROUP_COLS) {
+                    let blk = &w[((g * GROUP_COLS + c) * nb + b) * Q80_BYTES..][..Q80_BYTES];
+                    for q in 0..8 {
+                        chunk[32 * q + 4 * c..32 * q + 4 * c + 4].copy_from_slice(&blk[2 + 4 * q..6 + 4 * q]);
+                    }
+                    chunk[Q80_D + 2 * c..Q80_D + 2 * c + 2].copy_from_slice(&blk[0..2]);
+                }
+            }
+        }
+        Ok(Self { n, k, data })
+    }
+
+    /// `out (m, n) = acts · Wᵀ` on `path`, split over groups of columns on candle's thread pool.
+    pub fn matmul_quantized_on(&self, path: SimdPath, acts: &QuantizedActs, out: &mut [f32]) -> Result<()> {
+        check_call(self.n, self.k, path, acts, out)?;
+        let (n, nb, data, out_ptr) = (self.n, self.k / QK, &self.data, SyncPtr(out.as_mut_ptr()));
+        for_each_group(n, |g| {
+            let cols = GROUP_COLS.min(n - g * GROUP_COLS);
+            // SAFETY: columns of group g belong to this item alone; its nb chunks are in `data`.
+            unsafe {
+                let (p, o) = (data.as_ptr().add(g * nb * Q80_CHUNK), out_ptr.get().add(g * GROUP_COLS));
+                match path {
+                    SimdPath::Scalar => scalar_group_q80(p, nb, acts, o, n, cols),
+                    #[cfg(target_arch = "x86_64")]
+                    SimdPath::Avx2 => avx2_q80::group(p, nb, acts, o, n, cols),
+                    #[cfg(target_arch = "x86_64")]
+                    SimdPath::Avx512Vnni => vnni_q80::group(p, nb, acts, o, n, cols),
+                    #[cfg(not(target_arch = "x86_64"))]
+                    _ => unreachable!("checked by is_available"),
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// The reference arithmetic on the packed layout, one column and one row at a time.
+///
+/// # Safety
+/// `p` points at the `nb` chunks of one group; `out` at its first column of an `(m, n)` output.
+unsafe fn scalar_group_q80(p: *const u8, nb: usize, acts: &QuantizedActs, out: *mut f32, n: usize, cols: usize) {
+    let chunks = std::slice::from_raw_parts(p, nb * Q80_CHUNK);
+    for r in 0..acts.m {
+        for c in 0..cols {
+            let mut acc = [0f32; 8];
+            for b in 0..nb {
+                let j = b % 8;
+                let ch = &chunks[(q41_lane_start(nb, j) + b / 8) * Q80_CHUNK..][..Q80_CHUNK];
+                let i = r * acts.nbp + b;
+                let a = &acts.qs[i * QK..(i + 1) * QK];
+                let s: i32 = (0..QK).map(|l| ch[32 * (l / 4) + 4 * c + l % 4] as i8 as i32 * a[l] as i32).sum();
+                let d = f16::from_le_bytes([ch[Q80_D + 2 * c], ch[Q80_D + 2 * c + 1]]).to_f32();
+                acc[j] = (s as f32).mul_add(d * acts.d[i], acc[j]);
+            }
+            *out.add(r * n + c) = hsum8(acc);
+        }
+    }
+}
+
+/// The packed Q8_0 kernels, per path: `$dot_acc` the accumulating u8 × i8 dot product and
+/// `$max_rows` the activation rows per register tile.
+#[cfg(target_arch = "x86_64")]
+macro_rules! packed_q80_path {
+    ($name:ident, $features:literal, $dot_acc:ident, $max_rows:literal) => {
+        mod $name {
+            use super::*;
+            use core::arch::x86_64::*;
+
+            const MAX_R: usize = $max_rows;
+
+            /// Rows r0..r0+R against one group's chunks.
+            #[target_feature(enable = $features)]
+            unsafe fn rows<const R: usize>(p: *const u8, nb: usize, acts: &QuantizedActs, r0: usize, out: *mut f32, n: usize, cols: usize) {
+                let mut parts = [[_mm256_setzero_ps(); 8]; R];
+                let (qs, ad) = (acts.qs.as_ptr(), acts.d.as_ptr());
+                for j in 0..8.min(nb) {
+                    let mut acc = [_mm256_setzero_ps(); R];
+                    let first = q41_lane_start(nb, j);
+                    for t in 0..q41_lane_start(nb, j + 1) - first {
+                        let ch = p.add((first + t) * Q80_CHUNK);
+                        if acts.m >= PREFETCH_MIN_ROWS {
+                            prefetch_ahead(ch, Q80_CHUNK);
+                        }
+                        let mut w = [_mm256_setzero_si256(); 8];
+                        let mut wabs = [_mm256_setzero_si256(); 8];
+                        for q in 0..8 {
+                            w[q] = _mm256_loadu_si256(ch.add(32 * q) as *const __m256i);
+                            wabs[q] = _mm256_abs_epi8(w[q]);
+                        }
+                        let dw = _mm256_cvtph_ps(_mm_loadu_si128(ch.add(Q80_D) as *const __m128i));
+                        let b = 8 * t + j;
+                        for r in 0..R {
+                            let i = (r0 + r) * acts.nbp + b;
+                            let a = qs.add(i * QK);
+                            let a4 =
+                                |q: usize| _mm256_sign_epi8(_mm256_set1_epi32(std::ptr::read_unaligned(a.add(4 * q) as *const i32)), w[q]);
+                            // Two chains halve the dependency on the dot product's latency (integer
+                            // sums: the order does not change the result).
+                            let (mut even, mut odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                            for q in (0..8).step_by(2) {
+                                even = $dot_acc(even, wabs[q], a4(q));
+                                odd = $dot_acc(odd, wabs[q + 1], a4(q + 1));
+                            }
+                            let isum = _mm256_cvtepi32_ps(_mm256_add_epi32(even, odd));
+                            acc[r] = _mm256_fmadd_ps(isum, _mm256_mul_ps(dw, _mm256_set1_ps(*ad.add(i))), acc[r]);
+                        }
+                    }
+                    for r in 0..R {
+                        parts[r][j] = acc[r];
+                    }
+                }
+                for (r, v) in parts.iter().enumerate() {
+                    let y = _mm256_add_ps(
+                        _mm256_add_ps(_mm256_add_ps(v[0], v[4]), _mm256_add_ps(v[2], v[6])),
+                        _mm256_add_ps(_mm256_add_ps(v[1], v[5]), _mm256_add_ps(v[3], v[7])),
+                    );
+                    let mut ys = [0f32; GROUP_COLS];
+                    _mm256_storeu_ps(ys.as_mut_ptr(), y);
+                    std::ptr::copy_nonoverlapping(ys.as_ptr(), out.add((r0 + r) * n), cols);
+                }
+            }
+
+            /// # Safety
+            /// As `scalar_group_q80`; the CPU has this path's features.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn group(p: *const u8, nb: usize, acts: &QuantizedActs, out: *mut f32, n: usize, cols: usize) {
+                let mut r0 = 0;
+                while r0 < acts.m {
+                    let nr = (acts.m - r0).min(MAX_R);
+                    match nr {
+                        1 => rows::<1>(p, nb, acts, r0, out, n, cols),
+                        2 if MAX_R >= 2 => rows::<2>(p, nb, acts, r0, out, n, cols),
+                        3 if MAX_R >= 3 => rows::<3>(p, nb, acts, r0, out, n, cols),
+                        4 if MAX_R >= 4 => rows::<4>(p, nb, acts, r0, out, n, cols),
+                        5 if MAX_R >= 5 => rows::<5>(p, nb, acts, r0, out, n, cols),
+                        6 if MAX_R >= 6 => rows::<6>(p, nb, acts, r0, out, n, cols),
+                        7 if MAX_R >= 7 => rows::<7>(p, nb, acts, r0, out, n, cols),
+                        8 if MAX_R >= 8 => rows::<8>(p, nb, acts, r0, out, n, cols),
+                        _ => unreachable!("row tiles hold 1..={MAX_R} rows"),
+                    }
+                    r0 += nr;
+                }
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+packed_q80_path!(avx2_q80, "avx2,fma,f16c", dot_acc_avx2, 4);
+#[cfg(target_arch = "x86_64")]
+packed_q80_path!(vnni_q80, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", dot_acc_vnni, 8);

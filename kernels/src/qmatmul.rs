@@ -1059,6 +1059,28 @@ mod tests {
         }
     }
 
+    /// The packed Q8_0 layout gives the bits of the kernel on ggml's layout, on every path, for
+    /// ragged column counts and row counts on both sides of the row tiles.
+    #[test]
+    fn packed_q80_equals_the_ggml_layout_kernel() {
+        let mut g = Lcg(7);
+        for (n, k) in shapes(WeightType::Q8_0) {
+            let w = random_weights(WeightType::Q8_0, n, k, &mut g);
+            let packed = crate::packed::PackedQ80::new(&w, n, k).unwrap();
+            for m in [1usize, 2, 3, 4, 5, 8, 9, 17, 64] {
+                let x: Vec<f32> = (0..m * k).map(|_| g.next() * 3.0).collect();
+                let reference = run(SimdPath::Scalar, WeightType::Q8_0, &w, n, k, &x, m);
+                let acts = QuantizedActs::quantize(&x, m, k);
+                for path in available_paths() {
+                    let mut y = vec![f32::NAN; m * n];
+                    packed.matmul_quantized_on(path, &acts, &mut y).unwrap();
+                    let same = y.iter().zip(&reference).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "packed Q8_0 on {}: n {n} k {k} m {m} differs from the ggml-layout kernel", path.name());
+                }
+            }
+        }
+    }
+
     /// Activation quantization: scale max|x|/127, ties to even, block sums.
     #[test]
     fn activations_quantize_like_llama_cpp() {

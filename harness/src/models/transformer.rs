@@ -44,12 +44,12 @@ pub struct TransformerConfig {
 pub struct Linear {
     pub weight: QMatMul,
     pub bias: Option<Tensor>,
-    /// A Q4_1, Q4_K or Q6_K weight repacked for the project's kernels (when they are on at load).
+    /// A Q4_1, Q8_0, Q4_K or Q6_K weight repacked for the project's kernels (when they are on at load).
     packed: Option<Arc<PackedWeight>>,
 }
 
 impl Linear {
-    /// Repacks a Q4_1, Q4_K or Q6_K weight for the project's kernels when they are on
+    /// Repacks a Q4_1, Q8_0, Q4_K or Q6_K weight for the project's kernels when they are on
     /// ([`own_kernels_default`]); the repacking is exact (see `decodebench_kernels::packed`).
     /// A Q6_K weight keeps its ggml layout too, which calls of one row read.
     pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Result<Self> {
@@ -63,7 +63,7 @@ impl Linear {
         Ok(Self { weight, bias, packed })
     }
 
-    /// Whether the weight was repacked at load (Q4_1, Q4_K, Q6_K, for the project's kernels).
+    /// Whether the weight was repacked at load (Q4_1, Q8_0, Q4_K, Q6_K, for the project's kernels).
     pub fn is_packed(&self) -> bool {
         self.packed.is_some()
     }
