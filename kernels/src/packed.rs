@@ -5,8 +5,8 @@
 //! activation rows; this is what makes a block of 2..64 tokens cost little more than one.
 //!
 //! - [`PackedQ4K`]: Q4_K, for every call (its arithmetic is below).
-//! - [`PackedQ41`] and [`PackedQ80`]: Q4_1 and Q8_0, for every call, with the bits of the
-//!   kernel on ggml's layout in `qmatmul`, see their docs.
+//! - [`PackedBlocks`]: Q4_1 and Q8_0, for every call, with the bits of the kernel on ggml's
+//!   layout in `qmatmul`, see its docs.
 //! - [`PackedQ6K`]: Q6_K, for calls of [`Q6K_PACKED_MIN_ROWS`] rows or more, with the bits of
 //!   the kernel on ggml's layout in `qmatmul` (which one row takes), see its docs.
 //!
@@ -44,8 +44,7 @@ const QS: usize = 160;
 pub enum PackedWeight {
     Q4K(PackedQ4K),
     Q6K(PackedQ6K),
-    Q41(PackedQ41),
-    Q80(PackedQ80),
+    Blocks(PackedBlocks),
 }
 
 impl PackedWeight {
@@ -55,8 +54,8 @@ impl PackedWeight {
         Ok(match dtype {
             GgmlDType::Q4K => Some(Self::Q4K(PackedQ4K::new(w, n, k)?)),
             GgmlDType::Q6K => Some(Self::Q6K(PackedQ6K::new(w, n, k)?)),
-            GgmlDType::Q4_1 => Some(Self::Q41(PackedQ41::new(w, n, k)?)),
-            GgmlDType::Q8_0 => Some(Self::Q80(PackedQ80::new(w, n, k)?)),
+            GgmlDType::Q4_1 => Some(Self::Blocks(PackedBlocks::new(BlockFormat::Q41, w, n, k)?)),
+            GgmlDType::Q8_0 => Some(Self::Blocks(PackedBlocks::new(BlockFormat::Q80, w, n, k)?)),
             _ => None,
         })
     }
@@ -71,7 +70,7 @@ impl PackedWeight {
     /// in `qmatmul`, with the same bits).
     pub fn serves(&self, m: usize) -> bool {
         match self {
-            Self::Q4K(_) | Self::Q41(_) | Self::Q80(_) => true,
+            Self::Q4K(_) | Self::Blocks(_) => true,
             Self::Q6K(_) => m >= Q6K_PACKED_MIN_ROWS,
         }
     }
@@ -81,8 +80,7 @@ impl PackedWeight {
         match self {
             Self::Q4K(p) => (p.n, p.k),
             Self::Q6K(p) => (p.n, p.k),
-            Self::Q41(p) => (p.n, p.k),
-            Self::Q80(p) => (p.n, p.k),
+            Self::Blocks(p) => (p.n, p.k),
         }
     }
 
@@ -90,8 +88,7 @@ impl PackedWeight {
         match self {
             Self::Q4K(p) => p.matmul_quantized_on(path, acts, out),
             Self::Q6K(p) => p.matmul_quantized_on(path, acts, out),
-            Self::Q41(p) => p.matmul_quantized_on(path, acts, out),
-            Self::Q80(p) => p.matmul_quantized_on(path, acts, out),
+            Self::Blocks(p) => p.matmul_quantized_on(path, acts, out),
         }
     }
 }
@@ -272,6 +269,29 @@ fn prefetch_ahead(unit: *const u8, bytes: usize) {
     }
 }
 
+/// Runs `$rows::<R>(args.., r0)` over the activation rows `0..$m` in tiles of at most `$max_r`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! row_tiles {
+    ($max_r:expr, $m:expr, $rows:ident($($arg:expr),*)) => {{
+        let mut r0 = 0;
+        while r0 < $m {
+            let nr = ($m - r0).min($max_r);
+            match nr {
+                1 => $rows::<1>($($arg,)* r0),
+                2 if $max_r >= 2 => $rows::<2>($($arg,)* r0),
+                3 if $max_r >= 3 => $rows::<3>($($arg,)* r0),
+                4 if $max_r >= 4 => $rows::<4>($($arg,)* r0),
+                5 if $max_r >= 5 => $rows::<5>($($arg,)* r0),
+                6 if $max_r >= 6 => $rows::<6>($($arg,)* r0),
+                7 if $max_r >= 7 => $rows::<7>($($arg,)* r0),
+                8 if $max_r >= 8 => $rows::<8>($($arg,)* r0),
+                _ => unreachable!("row tiles hold 1..={} rows", $max_r),
+            }
+            r0 += nr;
+        }
+    }};
+}
+
 /// The x86 kernels, per path: `$dot_acc` the accumulating u8 × i8 dot product and `$max_rows` the
 /// activation rows per register tile.
 #[cfg(target_arch = "x86_64")]
@@ -289,10 +309,10 @@ macro_rules! packed_path {
                 p: *const u8,
                 nsb: usize,
                 acts: &QuantizedActs,
-                r0: usize,
                 out: *mut f32,
                 n: usize,
                 cols: usize,
+                r0: usize,
             ) {
                 let mut acc = [_mm256_setzero_ps(); R];
                 let mask = _mm256_set1_epi8(0x0f);
@@ -347,22 +367,7 @@ macro_rules! packed_path {
             /// As `scalar_group`; the CPU has this path's features.
             #[target_feature(enable = $features)]
             pub(super) unsafe fn group(p: *const u8, nsb: usize, acts: &QuantizedActs, out: *mut f32, n: usize, cols: usize) {
-                let mut r0 = 0;
-                while r0 < acts.m {
-                    let nr = (acts.m - r0).min(MAX_R);
-                    match nr {
-                        1 => rows::<1>(p, nsb, acts, r0, out, n, cols),
-                        2 if MAX_R >= 2 => rows::<2>(p, nsb, acts, r0, out, n, cols),
-                        3 if MAX_R >= 3 => rows::<3>(p, nsb, acts, r0, out, n, cols),
-                        4 if MAX_R >= 4 => rows::<4>(p, nsb, acts, r0, out, n, cols),
-                        5 if MAX_R >= 5 => rows::<5>(p, nsb, acts, r0, out, n, cols),
-                        6 if MAX_R >= 6 => rows::<6>(p, nsb, acts, r0, out, n, cols),
-                        7 if MAX_R >= 7 => rows::<7>(p, nsb, acts, r0, out, n, cols),
-                        8 if MAX_R >= 8 => rows::<8>(p, nsb, acts, r0, out, n, cols),
-                        _ => unreachable!("row tiles hold 1..={MAX_R} rows"),
-                    }
-                    r0 += nr;
-                }
+                row_tiles!(MAX_R, acts.m, rows(p, nsb, acts, out, n, cols))
             }
         }
     };
@@ -561,10 +566,10 @@ macro_rules! packed_q6k_path {
                 nsb: usize,
                 au: &[u8],
                 acts: &QuantizedActs,
-                r0: usize,
                 out: *mut f32,
                 n: usize,
                 cols: usize,
+                r0: usize,
             ) {
                 let mut parts = [[_mm256_setzero_ps(); 8]; R];
                 let low16 = _mm256_set1_epi32(0xffff);
@@ -617,22 +622,7 @@ macro_rules! packed_q6k_path {
             /// path's features.
             #[target_feature(enable = $features)]
             pub(super) unsafe fn group(p: *const u8, nsb: usize, au: &[u8], acts: &QuantizedActs, out: *mut f32, n: usize, cols: usize) {
-                let mut r0 = 0;
-                while r0 < acts.m {
-                    let nr = (acts.m - r0).min(MAX_R);
-                    match nr {
-                        1 => rows::<1>(p, nsb, au, acts, r0, out, n, cols),
-                        2 if MAX_R >= 2 => rows::<2>(p, nsb, au, acts, r0, out, n, cols),
-                        3 if MAX_R >= 3 => rows::<3>(p, nsb, au, acts, r0, out, n, cols),
-                        4 if MAX_R >= 4 => rows::<4>(p, nsb, au, acts, r0, out, n, cols),
-                        5 if MAX_R >= 5 => rows::<5>(p, nsb, au, acts, r0, out, n, cols),
-                        6 if MAX_R >= 6 => rows::<6>(p, nsb, au, acts, r0, out, n, cols),
-                        7 if MAX_R >= 7 => rows::<7>(p, nsb, au, acts, r0, out, n, cols),
-                        8 if MAX_R >= 8 => rows::<8>(p, nsb, au, acts, r0, out, n, cols),
-                        _ => unreachable!("row tiles hold 1..={MAX_R} rows"),
-                    }
-                    r0 += nr;
-                }
+                row_tiles!(MAX_R, acts.m, rows(p, nsb, au, acts, out, n, cols))
             }
         }
     };
@@ -643,78 +633,125 @@ packed_q6k_path!(avx2_q6k, "avx2,fma,f16c", q6k_half_avx2, 4);
 #[cfg(target_arch = "x86_64")]
 packed_q6k_path!(vnni_q6k, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", q6k_half_vnni, 8);
 
-/// Bytes of one ggml Q4_1 block (32 values): `d`, `m` (f16), 16 bytes of nibbles.
-const Q41_BYTES: usize = 20;
-/// Q4_1 chunk: eight columns × one block. The blocks' nibble bytes as in ggml (value `i` in the
-/// low nibble of byte `i`, value `i + 16` in the high one), `[group of four bytes][column][4]`
-/// (128 bytes), then `d` and `m` per column (f16).
-const Q41_CHUNK: usize = 128 + 16 + 16;
-const Q41_D: usize = 128;
-const Q41_M: usize = 144;
+/// A 32-value block type in the interleaved layout of [`PackedBlocks`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockFormat {
+    /// Chunk: the blocks' nibble bytes as in ggml (value `i` in the low nibble of byte `i`, value
+    /// `i + 16` in the high one), `[group of four bytes][column][4]` (128 bytes), then `d` and
+    /// `m` per column (f16). Same size as ggml's.
+    Q41,
+    /// Chunk: the values (`[group of four][column][4]`, 256 bytes), then `d` per column (f16).
+    Q80,
+}
 
-/// A Q4_1 weight `(n, k)` in an interleaved layout.
+impl BlockFormat {
+    /// Bytes of one ggml block.
+    const fn ggml_bytes(self) -> usize {
+        match self {
+            Self::Q41 => 20,
+            Self::Q80 => 34,
+        }
+    }
+
+    /// Bytes of one chunk (eight columns × one block).
+    const fn chunk(self) -> usize {
+        self.values() + 16 * self.scales()
+    }
+
+    /// Bytes of values in a chunk; the f16 `d` (and Q4_1's `m`) per column follow.
+    const fn values(self) -> usize {
+        match self {
+            Self::Q41 => 128,
+            Self::Q80 => 256,
+        }
+    }
+
+    /// f16 scales per column and block: `d`, and Q4_1's `m`.
+    const fn scales(self) -> usize {
+        match self {
+            Self::Q41 => 2,
+            Self::Q80 => 1,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Q41 => "Q4_1",
+            Self::Q80 => "Q8_0",
+        }
+    }
+}
+
+/// A Q4_1 or Q8_0 weight `(n, k)` in an interleaved layout.
 ///
 /// It gives the bits of `qmatmul`'s kernel on ggml's layout. That kernel, for a weight row and
-/// an activation row, accumulates block `b` in lane `j = b mod 8` of two sets of eight f32
-/// lanes, `acc_j = fma(S_b, d · d_a, acc_j)` and `mins_j = fma(m, d_a · Σa, mins_j)` (`S_b` the
-/// exact integer `Σ q · a`), and returns `h(acc) + h(mins)` with
+/// an activation row, accumulates block `b` in lane `j = b mod 8` of eight f32 lanes,
+/// `acc_j = fma(S_b, d · d_a, acc_j)` (`S_b` the exact integer `Σ q · a`), for Q4_1 also
+/// `mins_j = fma(m, d_a · Σa, mins_j)`, and returns `h(acc)` (`+ h(mins)`) with
 /// `h(v) = ((v_0 + v_4) + (v_2 + v_6)) + ((v_1 + v_5) + (v_3 + v_7))`. Here the lanes of a
-/// vector are the eight columns of a group, the sixteen accumulators are per `j`, and chunks are
-/// ordered `[group][j][b / 8]`, so that the loop keeps only one `j` live. Same size as ggml's.
+/// vector are the eight columns of a group, the accumulators are per `j`, and chunks are ordered
+/// `[group][j][b / 8]`, so that the loop keeps only one `j` live. Q8_0's u8 × i8 dot products
+/// take `|w|` against the activations with `w`'s sign (`vpsignb`), as ggml does: the same exact
+/// integer, with `maddubs` pairs within i16 (2 · 128 · 127).
 #[derive(Debug, Clone)]
-pub struct PackedQ41 {
+pub struct PackedBlocks {
+    pub format: BlockFormat,
     pub n: usize,
     pub k: usize,
     data: Vec<u8>,
 }
 
 /// Blocks `b < nb` with `b mod 8 < j`: where lane `j`'s chunks start within a group.
-fn q41_lane_start(nb: usize, j: usize) -> usize {
+fn lane_start(nb: usize, j: usize) -> usize {
     (nb / 8) * j + j.min(nb % 8)
 }
 
-impl PackedQ41 {
-    /// Repacks `n` rows of ggml Q4_1 blocks for rows of `k` values (a multiple of 32).
-    pub fn new(w: &[u8], n: usize, k: usize) -> Result<Self> {
-        if k == 0 || !k.is_multiple_of(QK) || w.len() != n * (k / QK) * Q41_BYTES {
-            candle_core::bail!("Q4_1 repack: {} bytes for ({n}, {k})", w.len());
+impl PackedBlocks {
+    /// Repacks `n` rows of ggml blocks of `format` for rows of `k` values (a multiple of 32).
+    pub fn new(format: BlockFormat, w: &[u8], n: usize, k: usize) -> Result<Self> {
+        if k == 0 || !k.is_multiple_of(QK) || w.len() != n * (k / QK) * format.ggml_bytes() {
+            candle_core::bail!("{} repack: {} bytes for ({n}, {k})", format.name(), w.len());
         }
-        let nb = k / QK;
+        let (nb, bytes, chunk_bytes, values) = (k / QK, format.ggml_bytes(), format.chunk(), format.values());
         let groups = n.div_ceil(GROUP_COLS);
-        // Columns past `n` in the last group stay zero (d = m = 0: exact zeros, never written out).
-        let mut data = vec![0u8; groups * nb * Q41_CHUNK];
+        // Columns past `n` in the last group stay zero (zero scales: exact zeros, never written out).
+        let mut data = vec![0u8; groups * nb * chunk_bytes];
         for g in 0..groups {
             for b in 0..nb {
-                let at = (g * nb + q41_lane_start(nb, b % 8) + b / 8) * Q41_CHUNK;
-                let chunk = &mut data[at..at + Q41_CHUNK];
+                let at = (g * nb + lane_start(nb, b % 8) + b / 8) * chunk_bytes;
+                let chunk = &mut data[at..at + chunk_bytes];
                 for c in 0..GROUP_COLS.min(n - g * GROUP_COLS) {
-                    let blk = &w[((g * GROUP_COLS + c) * nb + b) * Q41_BYTES..][..Q41_BYTES];
-                    for q in 0..4 {
-                        chunk[32 * q + 4 * c..32 * q + 4 * c + 4].copy_from_slice(&blk[4 + 4 * q..8 + 4 * q]);
+                    let blk = &w[((g * GROUP_COLS + c) * nb + b) * bytes..][..bytes];
+                    // ggml's block: the f16 scales, then the value bytes.
+                    let (scales, qs) = blk.split_at(2 * format.scales());
+                    for (q, four) in qs.chunks_exact(4).enumerate() {
+                        chunk[32 * q + 4 * c..32 * q + 4 * c + 4].copy_from_slice(four);
                     }
-                    chunk[Q41_D + 2 * c..Q41_D + 2 * c + 2].copy_from_slice(&blk[0..2]);
-                    chunk[Q41_M + 2 * c..Q41_M + 2 * c + 2].copy_from_slice(&blk[2..4]);
+                    for (i, scale) in scales.chunks_exact(2).enumerate() {
+                        chunk[values + 16 * i + 2 * c..values + 16 * i + 2 * c + 2].copy_from_slice(scale);
+                    }
                 }
             }
         }
-        Ok(Self { n, k, data })
+        Ok(Self { format, n, k, data })
     }
 
     /// `out (m, n) = acts · Wᵀ` on `path`, split over groups of columns on candle's thread pool.
     pub fn matmul_quantized_on(&self, path: SimdPath, acts: &QuantizedActs, out: &mut [f32]) -> Result<()> {
         check_call(self.n, self.k, path, acts, out)?;
-        let (n, nb, data, out_ptr) = (self.n, self.k / QK, &self.data, SyncPtr(out.as_mut_ptr()));
+        let (n, nb, chunk_bytes, data, out_ptr) = (self.n, self.k / QK, self.format.chunk(), &self.data, SyncPtr(out.as_mut_ptr()));
+        let format = self.format;
         for_each_group(n, |g| {
             let cols = GROUP_COLS.min(n - g * GROUP_COLS);
             // SAFETY: columns of group g belong to this item alone; its nb chunks are in `data`.
             unsafe {
-                let (p, o) = (data.as_ptr().add(g * nb * Q41_CHUNK), out_ptr.get().add(g * GROUP_COLS));
+                let (p, o) = (data.as_ptr().add(g * nb * chunk_bytes), out_ptr.get().add(g * GROUP_COLS));
                 match path {
-                    SimdPath::Scalar => scalar_group_q41(p, nb, acts, o, n, cols),
+                    SimdPath::Scalar => scalar_group_blocks(format, p, nb, acts, o, n, cols),
                     #[cfg(target_arch = "x86_64")]
-                    SimdPath::Avx2 => avx2_q41::group(p, nb, acts, o, n, cols),
+                    SimdPath::Avx2 => avx2_blocks::group(format, p, nb, acts, o, n, cols),
                     #[cfg(target_arch = "x86_64")]
-                    SimdPath::Avx512Vnni => vnni_q41::group(p, nb, acts, o, n, cols),
+                    SimdPath::Avx512Vnni => vnni_blocks::group(format, p, nb, acts, o, n, cols),
                     #[cfg(not(target_arch = "x86_64"))]
                     _ => unreachable!("checked by is_available"),
                 }
@@ -728,35 +765,53 @@ impl PackedQ41 {
 ///
 /// # Safety
 /// `p` points at the `nb` chunks of one group; `out` at its first column of an `(m, n)` output.
-unsafe fn scalar_group_q41(p: *const u8, nb: usize, acts: &QuantizedActs, out: *mut f32, n: usize, cols: usize) {
-    let chunks = std::slice::from_raw_parts(p, nb * Q41_CHUNK);
+unsafe fn scalar_group_blocks(format: BlockFormat, p: *const u8, nb: usize, acts: &QuantizedActs, out: *mut f32, n: usize, cols: usize) {
+    let (chunk_bytes, values) = (format.chunk(), format.values());
+    let chunks = std::slice::from_raw_parts(p, nb * chunk_bytes);
     let f16_at = |ch: &[u8], at: usize| f16::from_le_bytes([ch[at], ch[at + 1]]).to_f32();
     for r in 0..acts.m {
         for c in 0..cols {
             let (mut acc, mut mins) = ([0f32; 8], [0f32; 8]);
             for b in 0..nb {
                 let j = b % 8;
-                let ch = &chunks[(q41_lane_start(nb, j) + b / 8) * Q41_CHUNK..][..Q41_CHUNK];
+                let ch = &chunks[(lane_start(nb, j) + b / 8) * chunk_bytes..][..chunk_bytes];
                 let i = r * acts.nbp + b;
                 let a = &acts.qs[i * QK..(i + 1) * QK];
-                let s: i32 = (0..16)
-                    .map(|l| {
-                        let byte = ch[32 * (l / 4) + 4 * c + l % 4];
-                        (byte & 0x0f) as i32 * a[l] as i32 + (byte >> 4) as i32 * a[l + 16] as i32
-                    })
-                    .sum();
-                acc[j] = (s as f32).mul_add(f16_at(ch, Q41_D + 2 * c) * acts.d[i], acc[j]);
-                mins[j] = f16_at(ch, Q41_M + 2 * c).mul_add(acts.sa[i], mins[j]);
+                let byte = |l: usize| ch[32 * (l / 4) + 4 * c + l % 4];
+                let s: i32 = match format {
+                    BlockFormat::Q41 => {
+                        (0..16).map(|l| (byte(l) & 0x0f) as i32 * a[l] as i32 + (byte(l) >> 4) as i32 * a[l + 16] as i32).sum()
+                    }
+                    BlockFormat::Q80 => (0..QK).map(|l| byte(l) as i8 as i32 * a[l] as i32).sum(),
+                };
+                acc[j] = (s as f32).mul_add(f16_at(ch, values + 2 * c) * acts.d[i], acc[j]);
+                if format == BlockFormat::Q41 {
+                    mins[j] = f16_at(ch, values + 16 + 2 * c).mul_add(acts.sa[i], mins[j]);
+                }
             }
-            *out.add(r * n + c) = hsum8(acc) + hsum8(mins);
+            *out.add(r * n + c) = match format {
+                BlockFormat::Q41 => hsum8(acc) + hsum8(mins),
+                BlockFormat::Q80 => hsum8(acc),
+            };
         }
     }
 }
 
-/// The packed Q4_1 kernels, per path: `$dot_acc` the accumulating u8 × i8 dot product and
-/// `$max_rows` the activation rows per register tile.
 #[cfg(target_arch = "x86_64")]
-macro_rules! packed_q41_path {
+const Q41_CHUNK: usize = BlockFormat::Q41.chunk();
+#[cfg(target_arch = "x86_64")]
+const Q41_D: usize = BlockFormat::Q41.values();
+#[cfg(target_arch = "x86_64")]
+const Q41_M: usize = Q41_D + 16;
+#[cfg(target_arch = "x86_64")]
+const Q80_CHUNK: usize = BlockFormat::Q80.chunk();
+#[cfg(target_arch = "x86_64")]
+const Q80_D: usize = BlockFormat::Q80.values();
+
+/// The packed Q4_1 and Q8_0 kernels, per path: `$dot_acc` the accumulating u8 × i8 dot product
+/// and `$max_rows` the activation rows per register tile.
+#[cfg(target_arch = "x86_64")]
+macro_rules! packed_blocks_path {
     ($name:ident, $features:literal, $dot_acc:ident, $max_rows:literal) => {
         mod $name {
             use super::*;
@@ -764,45 +819,73 @@ macro_rules! packed_q41_path {
 
             const MAX_R: usize = $max_rows;
 
-            /// Rows r0..r0+R against one group's chunks.
+            /// Rows r0..r0+R against one group's chunks, Q4_1 (`Q41`) or Q8_0.
             #[target_feature(enable = $features)]
-            unsafe fn rows<const R: usize>(p: *const u8, nb: usize, acts: &QuantizedActs, r0: usize, out: *mut f32, n: usize, cols: usize) {
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn rows<const R: usize, const Q41: bool>(
+                p: *const u8,
+                nb: usize,
+                acts: &QuantizedActs,
+                out: *mut f32,
+                n: usize,
+                cols: usize,
+                r0: usize,
+            ) {
+                let (chunk_bytes, d_at) = if Q41 { (Q41_CHUNK, Q41_D) } else { (Q80_CHUNK, Q80_D) };
+                // The activation bytes each unsigned weight vector `u[q]` meets: Q4_1's low
+                // nibbles are values 0..16 and its high ones 16..32.
+                let at: [usize; 8] = if Q41 { [0, 16, 4, 20, 8, 24, 12, 28] } else { [0, 4, 8, 12, 16, 20, 24, 28] };
                 let mut parts = [[_mm256_setzero_ps(); 8]; R];
                 let mut min_parts = [[_mm256_setzero_ps(); 8]; R];
                 let mask = _mm256_set1_epi8(0x0f);
                 let (qs, ad, asum) = (acts.qs.as_ptr(), acts.d.as_ptr(), acts.sa.as_ptr());
                 for j in 0..8.min(nb) {
                     let (mut acc, mut mins) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
-                    let first = q41_lane_start(nb, j);
-                    for t in 0..q41_lane_start(nb, j + 1) - first {
-                        let ch = p.add((first + t) * Q41_CHUNK);
+                    let first = lane_start(nb, j);
+                    for t in 0..lane_start(nb, j + 1) - first {
+                        let ch = p.add((first + t) * chunk_bytes);
                         if acts.m >= PREFETCH_MIN_ROWS {
-                            prefetch_ahead(ch, Q41_CHUNK);
+                            prefetch_ahead(ch, chunk_bytes);
                         }
-                        let mut lo = [_mm256_setzero_si256(); 4];
-                        let mut hi = [_mm256_setzero_si256(); 4];
-                        for q in 0..4 {
+                        // `u`: the unsigned operands; `w`: Q8_0's signed values, whose signs go
+                        // onto the activations.
+                        let (mut u, mut w) = ([_mm256_setzero_si256(); 8], [_mm256_setzero_si256(); 8]);
+                        for q in 0..if Q41 { 4 } else { 8 } {
                             let raw = _mm256_loadu_si256(ch.add(32 * q) as *const __m256i);
-                            lo[q] = _mm256_and_si256(raw, mask);
-                            hi[q] = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask);
+                            if Q41 {
+                                u[2 * q] = _mm256_and_si256(raw, mask);
+                                u[2 * q + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask);
+                            } else {
+                                w[q] = raw;
+                                u[q] = _mm256_abs_epi8(raw);
+                            }
                         }
-                        let dw = _mm256_cvtph_ps(_mm_loadu_si128(ch.add(Q41_D) as *const __m128i));
-                        let mw = _mm256_cvtph_ps(_mm_loadu_si128(ch.add(Q41_M) as *const __m128i));
+                        let dw = _mm256_cvtph_ps(_mm_loadu_si128(ch.add(d_at) as *const __m128i));
+                        let mw = if Q41 { _mm256_cvtph_ps(_mm_loadu_si128(ch.add(Q41_M) as *const __m128i)) } else { dw };
                         let b = 8 * t + j;
                         for r in 0..R {
                             let i = (r0 + r) * acts.nbp + b;
                             let a = qs.add(i * QK);
-                            let a4 = |at: usize| _mm256_set1_epi32(std::ptr::read_unaligned(a.add(at) as *const i32));
+                            let a4 = |q: usize| {
+                                let a4 = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(at[q]) as *const i32));
+                                if Q41 {
+                                    a4
+                                } else {
+                                    _mm256_sign_epi8(a4, w[q])
+                                }
+                            };
                             // Two chains halve the dependency on the dot product's latency (integer
                             // sums: the order does not change the result).
                             let (mut even, mut odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-                            for q in 0..4 {
-                                even = $dot_acc(even, lo[q], a4(4 * q));
-                                odd = $dot_acc(odd, hi[q], a4(16 + 4 * q));
+                            for q in (0..8).step_by(2) {
+                                even = $dot_acc(even, u[q], a4(q));
+                                odd = $dot_acc(odd, u[q + 1], a4(q + 1));
                             }
                             let isum = _mm256_cvtepi32_ps(_mm256_add_epi32(even, odd));
                             acc[r] = _mm256_fmadd_ps(isum, _mm256_mul_ps(dw, _mm256_set1_ps(*ad.add(i))), acc[r]);
-                            mins[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(*asum.add(i)), mins[r]);
+                            if Q41 {
+                                mins[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(*asum.add(i)), mins[r]);
+                            }
                         }
                     }
                     for r in 0..R {
@@ -817,32 +900,54 @@ macro_rules! packed_q41_path {
                     )
                 };
                 for r in 0..R {
-                    let y = _mm256_add_ps(h(&parts[r]), h(&min_parts[r]));
+                    let y = if Q41 { _mm256_add_ps(h(&parts[r]), h(&min_parts[r])) } else { h(&parts[r]) };
                     let mut ys = [0f32; GROUP_COLS];
                     _mm256_storeu_ps(ys.as_mut_ptr(), y);
                     std::ptr::copy_nonoverlapping(ys.as_ptr(), out.add((r0 + r) * n), cols);
                 }
             }
 
-            /// # Safety
-            /// As `scalar_group_q41`; the CPU has this path's features.
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn group(p: *const u8, nb: usize, acts: &QuantizedActs, out: *mut f32, n: usize, cols: usize) {
-                let mut r0 = 0;
-                while r0 < acts.m {
-                    let nr = (acts.m - r0).min(MAX_R);
-                    match nr {
-                        1 => rows::<1>(p, nb, acts, r0, out, n, cols),
-                        2 if MAX_R >= 2 => rows::<2>(p, nb, acts, r0, out, n, cols),
-                        3 if MAX_R >= 3 => rows::<3>(p, nb, acts, r0, out, n, cols),
-                        4 if MAX_R >= 4 => rows::<4>(p, nb, acts, r0, out, n, cols),
-                        5 if MAX_R >= 5 => rows::<5>(p, nb, acts, r0, out, n, cols),
-                        6 if MAX_R >= 6 => rows::<6>(p, nb, acts, r0, out, n, cols),
-                        7 if MAX_R >= 7 => rows::<7>(p, nb, acts, r0, out, n, cols),
-                        8 if MAX_R >= 8 => rows::<8>(p, nb, acts, r0, out, n, cols),
-                        _ => unreachable!("row tiles hold 1..={MAX_R} rows"),
-                    }
-                    r0 += nr;
+            unsafe fn rows_q41<const R: usize>(
+                p: *const u8,
+                nb: usize,
+                acts: &QuantizedActs,
+                out: *mut f32,
+                n: usize,
+                cols: usize,
+                r0: usize,
+            ) {
+                rows::<R, true>(p, nb, acts, out, n, cols, r0)
+            }
+
+            #[target_feature(enable = $features)]
+            unsafe fn rows_q80<const R: usize>(
+                p: *const u8,
+                nb: usize,
+                acts: &QuantizedActs,
+                out: *mut f32,
+                n: usize,
+                cols: usize,
+                r0: usize,
+            ) {
+                rows::<R, false>(p, nb, acts, out, n, cols, r0)
+            }
+
+            /// # Safety
+            /// As `scalar_group_blocks`; the CPU has this path's features.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn group(
+                format: BlockFormat,
+                p: *const u8,
+                nb: usize,
+                acts: &QuantizedActs,
+                out: *mut f32,
+                n: usize,
+                cols: usize,
+            ) {
+                match format {
+                    BlockFormat::Q41 => row_tiles!(MAX_R, acts.m, rows_q41(p, nb, acts, out, n, cols)),
+                    BlockFormat::Q80 => row_tiles!(MAX_R, acts.m, rows_q80(p, nb, acts, out, n, cols)),
                 }
             }
         }
@@ -850,191 +955,6 @@ macro_rules! packed_q41_path {
 }
 
 #[cfg(target_arch = "x86_64")]
-packed_q41_path!(avx2_q41, "avx2,fma,f16c", dot_acc_avx2, 4);
+packed_blocks_path!(avx2_blocks, "avx2,fma,f16c", dot_acc_avx2, 4);
 #[cfg(target_arch = "x86_64")]
-packed_q41_path!(vnni_q41, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", dot_acc_vnni, 8);
-
-/// Bytes of one ggml Q8_0 block (32 values): `d` (f16), 32 i8 values.
-const Q80_BYTES: usize = 34;
-/// Q8_0 chunk: eight columns × one block. The values (`[group of four][column][4]`, 256 bytes),
-/// then `d` per column (f16).
-const Q80_CHUNK: usize = 256 + 16;
-const Q80_D: usize = 256;
-
-/// A Q8_0 weight `(n, k)` in an interleaved layout, with the bits of `qmatmul`'s kernel on
-/// ggml's layout: `acc_j = fma(S_b, d · d_a, acc_j)` in lane `j = b mod 8`, then `h(acc)`, as
-/// for [`PackedQ41`] (whose chunk order this shares) without the offset term. The u8 × i8 dot
-/// products take `|w|` against the activations with `w`'s sign (`vpsignb`), as ggml does: the
-/// same exact integer `S_b`, with `maddubs` pairs within i16 (2 · 128 · 127).
-#[derive(Debug, Clone)]
-pub struct PackedQ80 {
-    pub n: usize,
-    pub k: usize,
-    data: Vec<u8>,
-}
-
-impl PackedQ80 {
-    /// Repacks `n` rows of ggml Q8_0 blocks for rows of `k` values (a multiple of 32).
-    pub fn new(w: &[u8], n: usize, k: usize) -> Result<Self> {
-        if k == 0 || !k.is_multiple_of(QK) || w.len() != n * (k / QK) * Q80_BYTES {
-            candle_core::bail!("Q8_0 repack: {} bytes for ({n}, {k})", w.len());
-        }
-        let nb = k / QK;
-        let groups = n.div_ceil(GROUP_COLS);
-        // Columns past `n` in the last group stay zero (d = 0: exact zeros, never written out).
-        let mut data = vec![0u8; groups * nb * Q80_CHUNK];
-        for g in 0..groups {
-            for b in 0..nb {
-                let at = (g * nb + q41_lane_start(nb, b % 8) + b / 8) * Q80_CHUNK;
-                let chunk = &mut data[at..at + Q80_CHUNK];
-                for c in 0..GROUP_COLS.min(n - g * GROUP_COLS) {
-                    let blk = &w[((g * GROUP_COLS + c) * nb + b) * Q80_BYTES..][..Q80_BYTES];
-                    for q in 0..8 {
-                        chunk[32 * q + 4 * c..32 * q + 4 * c + 4].copy_from_slice(&blk[2 + 4 * q..6 + 4 * q]);
-                    }
-                    chunk[Q80_D + 2 * c..Q80_D + 2 * c + 2].copy_from_slice(&blk[0..2]);
-                }
-            }
-        }
-        Ok(Self { n, k, data })
-    }
-
-    /// `out (m, n) = acts · Wᵀ` on `path`, split over groups of columns on candle's thread pool.
-    pub fn matmul_quantized_on(&self, path: SimdPath, acts: &QuantizedActs, out: &mut [f32]) -> Result<()> {
-        check_call(self.n, self.k, path, acts, out)?;
-        let (n, nb, data, out_ptr) = (self.n, self.k / QK, &self.data, SyncPtr(out.as_mut_ptr()));
-        for_each_group(n, |g| {
-            let cols = GROUP_COLS.min(n - g * GROUP_COLS);
-            // SAFETY: columns of group g belong to this item alone; its nb chunks are in `data`.
-            unsafe {
-                let (p, o) = (data.as_ptr().add(g * nb * Q80_CHUNK), out_ptr.get().add(g * GROUP_COLS));
-                match path {
-                    SimdPath::Scalar => scalar_group_q80(p, nb, acts, o, n, cols),
-                    #[cfg(target_arch = "x86_64")]
-                    SimdPath::Avx2 => avx2_q80::group(p, nb, acts, o, n, cols),
-                    #[cfg(target_arch = "x86_64")]
-                    SimdPath::Avx512Vnni => vnni_q80::group(p, nb, acts, o, n, cols),
-                    #[cfg(not(target_arch = "x86_64"))]
-                    _ => unreachable!("checked by is_available"),
-                }
-            }
-        });
-        Ok(())
-    }
-}
-
-/// The reference arithmetic on the packed layout, one column and one row at a time.
-///
-/// # Safety
-/// `p` points at the `nb` chunks of one group; `out` at its first column of an `(m, n)` output.
-unsafe fn scalar_group_q80(p: *const u8, nb: usize, acts: &QuantizedActs, out: *mut f32, n: usize, cols: usize) {
-    let chunks = std::slice::from_raw_parts(p, nb * Q80_CHUNK);
-    for r in 0..acts.m {
-        for c in 0..cols {
-            let mut acc = [0f32; 8];
-            for b in 0..nb {
-                let j = b % 8;
-                let ch = &chunks[(q41_lane_start(nb, j) + b / 8) * Q80_CHUNK..][..Q80_CHUNK];
-                let i = r * acts.nbp + b;
-                let a = &acts.qs[i * QK..(i + 1) * QK];
-                let s: i32 = (0..QK).map(|l| ch[32 * (l / 4) + 4 * c + l % 4] as i8 as i32 * a[l] as i32).sum();
-                let d = f16::from_le_bytes([ch[Q80_D + 2 * c], ch[Q80_D + 2 * c + 1]]).to_f32();
-                acc[j] = (s as f32).mul_add(d * acts.d[i], acc[j]);
-            }
-            *out.add(r * n + c) = hsum8(acc);
-        }
-    }
-}
-
-/// The packed Q8_0 kernels, per path: `$dot_acc` the accumulating u8 × i8 dot product and
-/// `$max_rows` the activation rows per register tile.
-#[cfg(target_arch = "x86_64")]
-macro_rules! packed_q80_path {
-    ($name:ident, $features:literal, $dot_acc:ident, $max_rows:literal) => {
-        mod $name {
-            use super::*;
-            use core::arch::x86_64::*;
-
-            const MAX_R: usize = $max_rows;
-
-            /// Rows r0..r0+R against one group's chunks.
-            #[target_feature(enable = $features)]
-            unsafe fn rows<const R: usize>(p: *const u8, nb: usize, acts: &QuantizedActs, r0: usize, out: *mut f32, n: usize, cols: usize) {
-                let mut parts = [[_mm256_setzero_ps(); 8]; R];
-                let (qs, ad) = (acts.qs.as_ptr(), acts.d.as_ptr());
-                for j in 0..8.min(nb) {
-                    let mut acc = [_mm256_setzero_ps(); R];
-                    let first = q41_lane_start(nb, j);
-                    for t in 0..q41_lane_start(nb, j + 1) - first {
-                        let ch = p.add((first + t) * Q80_CHUNK);
-                        if acts.m >= PREFETCH_MIN_ROWS {
-                            prefetch_ahead(ch, Q80_CHUNK);
-                        }
-                        let mut w = [_mm256_setzero_si256(); 8];
-                        let mut wabs = [_mm256_setzero_si256(); 8];
-                        for q in 0..8 {
-                            w[q] = _mm256_loadu_si256(ch.add(32 * q) as *const __m256i);
-                            wabs[q] = _mm256_abs_epi8(w[q]);
-                        }
-                        let dw = _mm256_cvtph_ps(_mm_loadu_si128(ch.add(Q80_D) as *const __m128i));
-                        let b = 8 * t + j;
-                        for r in 0..R {
-                            let i = (r0 + r) * acts.nbp + b;
-                            let a = qs.add(i * QK);
-                            let a4 =
-                                |q: usize| _mm256_sign_epi8(_mm256_set1_epi32(std::ptr::read_unaligned(a.add(4 * q) as *const i32)), w[q]);
-                            // Two chains halve the dependency on the dot product's latency (integer
-                            // sums: the order does not change the result).
-                            let (mut even, mut odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-                            for q in (0..8).step_by(2) {
-                                even = $dot_acc(even, wabs[q], a4(q));
-                                odd = $dot_acc(odd, wabs[q + 1], a4(q + 1));
-                            }
-                            let isum = _mm256_cvtepi32_ps(_mm256_add_epi32(even, odd));
-                            acc[r] = _mm256_fmadd_ps(isum, _mm256_mul_ps(dw, _mm256_set1_ps(*ad.add(i))), acc[r]);
-                        }
-                    }
-                    for r in 0..R {
-                        parts[r][j] = acc[r];
-                    }
-                }
-                for (r, v) in parts.iter().enumerate() {
-                    let y = _mm256_add_ps(
-                        _mm256_add_ps(_mm256_add_ps(v[0], v[4]), _mm256_add_ps(v[2], v[6])),
-                        _mm256_add_ps(_mm256_add_ps(v[1], v[5]), _mm256_add_ps(v[3], v[7])),
-                    );
-                    let mut ys = [0f32; GROUP_COLS];
-                    _mm256_storeu_ps(ys.as_mut_ptr(), y);
-                    std::ptr::copy_nonoverlapping(ys.as_ptr(), out.add((r0 + r) * n), cols);
-                }
-            }
-
-            /// # Safety
-            /// As `scalar_group_q80`; the CPU has this path's features.
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn group(p: *const u8, nb: usize, acts: &QuantizedActs, out: *mut f32, n: usize, cols: usize) {
-                let mut r0 = 0;
-                while r0 < acts.m {
-                    let nr = (acts.m - r0).min(MAX_R);
-                    match nr {
-                        1 => rows::<1>(p, nb, acts, r0, out, n, cols),
-                        2 if MAX_R >= 2 => rows::<2>(p, nb, acts, r0, out, n, cols),
-                        3 if MAX_R >= 3 => rows::<3>(p, nb, acts, r0, out, n, cols),
-                        4 if MAX_R >= 4 => rows::<4>(p, nb, acts, r0, out, n, cols),
-                        5 if MAX_R >= 5 => rows::<5>(p, nb, acts, r0, out, n, cols),
-                        6 if MAX_R >= 6 => rows::<6>(p, nb, acts, r0, out, n, cols),
-                        7 if MAX_R >= 7 => rows::<7>(p, nb, acts, r0, out, n, cols),
-                        8 if MAX_R >= 8 => rows::<8>(p, nb, acts, r0, out, n, cols),
-                        _ => unreachable!("row tiles hold 1..={MAX_R} rows"),
-                    }
-                    r0 += nr;
-                }
-            }
-        }
-    };
-}
-
-#[cfg(target_arch = "x86_64")]
-packed_q80_path!(avx2_q80, "avx2,fma,f16c", dot_acc_avx2, 4);
-#[cfg(target_arch = "x86_64")]
-packed_q80_path!(vnni_q80, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", dot_acc_vnni, 8);
+packed_blocks_path!(vnni_blocks, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", dot_acc_vnni, 8);

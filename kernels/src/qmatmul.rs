@@ -1015,67 +1015,25 @@ mod tests {
         }
     }
 
-    /// The packed Q6_K layout gives the bits of the kernel on ggml's layout, on every path, for
-    /// ragged column counts and row counts on both sides of the row tiles.
+    /// The packed layouts of Q4_1, Q8_0 and Q6_K give the bits of the kernel on ggml's layout, on
+    /// every path, for ragged column counts and row counts on both sides of the row tiles.
     #[test]
-    fn packed_q6k_equals_the_ggml_layout_kernel() {
+    fn packed_layouts_equal_the_ggml_layout_kernel() {
         let mut g = Lcg(5);
-        for (n, k) in shapes(WeightType::Q6K) {
-            let w = random_weights(WeightType::Q6K, n, k, &mut g);
-            let packed = crate::packed::PackedQ6K::new(&w, n, k).unwrap();
-            for m in [1usize, 2, 3, 4, 5, 8, 9, 17, 64] {
-                let x: Vec<f32> = (0..m * k).map(|_| g.next() * 3.0).collect();
-                let reference = run(SimdPath::Scalar, WeightType::Q6K, &w, n, k, &x, m);
-                let acts = QuantizedActs::quantize(&x, m, k);
-                for path in available_paths() {
-                    let mut y = vec![f32::NAN; m * n];
-                    packed.matmul_quantized_on(path, &acts, &mut y).unwrap();
-                    let same = y.iter().zip(&reference).all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "packed Q6_K on {}: n {n} k {k} m {m} differs from the ggml-layout kernel", path.name());
-                }
-            }
-        }
-    }
-
-    /// The packed Q4_1 layout gives the bits of the kernel on ggml's layout, on every path, for
-    /// ragged column counts and row counts on both sides of the row tiles.
-    #[test]
-    fn packed_q41_equals_the_ggml_layout_kernel() {
-        let mut g = Lcg(6);
-        for (n, k) in shapes(WeightType::Q4_1) {
-            let w = random_weights(WeightType::Q4_1, n, k, &mut g);
-            let packed = crate::packed::PackedQ41::new(&w, n, k).unwrap();
-            for m in [1usize, 2, 3, 4, 5, 8, 9, 17, 64] {
-                let x: Vec<f32> = (0..m * k).map(|_| g.next() * 3.0).collect();
-                let reference = run(SimdPath::Scalar, WeightType::Q4_1, &w, n, k, &x, m);
-                let acts = QuantizedActs::quantize(&x, m, k);
-                for path in available_paths() {
-                    let mut y = vec![f32::NAN; m * n];
-                    packed.matmul_quantized_on(path, &acts, &mut y).unwrap();
-                    let same = y.iter().zip(&reference).all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "packed Q4_1 on {}: n {n} k {k} m {m} differs from the ggml-layout kernel", path.name());
-                }
-            }
-        }
-    }
-
-    /// The packed Q8_0 layout gives the bits of the kernel on ggml's layout, on every path, for
-    /// ragged column counts and row counts on both sides of the row tiles.
-    #[test]
-    fn packed_q80_equals_the_ggml_layout_kernel() {
-        let mut g = Lcg(7);
-        for (n, k) in shapes(WeightType::Q8_0) {
-            let w = random_weights(WeightType::Q8_0, n, k, &mut g);
-            let packed = crate::packed::PackedQ80::new(&w, n, k).unwrap();
-            for m in [1usize, 2, 3, 4, 5, 8, 9, 17, 64] {
-                let x: Vec<f32> = (0..m * k).map(|_| g.next() * 3.0).collect();
-                let reference = run(SimdPath::Scalar, WeightType::Q8_0, &w, n, k, &x, m);
-                let acts = QuantizedActs::quantize(&x, m, k);
-                for path in available_paths() {
-                    let mut y = vec![f32::NAN; m * n];
-                    packed.matmul_quantized_on(path, &acts, &mut y).unwrap();
-                    let same = y.iter().zip(&reference).all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "packed Q8_0 on {}: n {n} k {k} m {m} differs from the ggml-layout kernel", path.name());
+        for wt in [WeightType::Q4_1, WeightType::Q8_0, WeightType::Q6K] {
+            for (n, k) in shapes(wt) {
+                let w = random_weights(wt, n, k, &mut g);
+                let packed = crate::packed::PackedWeight::new(wt.ggml(), &w, n, k).unwrap().expect("a packed type");
+                for m in [1usize, 2, 3, 4, 5, 8, 9, 17, 64] {
+                    let x: Vec<f32> = (0..m * k).map(|_| g.next() * 3.0).collect();
+                    let reference = run(SimdPath::Scalar, wt, &w, n, k, &x, m);
+                    let acts = QuantizedActs::quantize(&x, m, k);
+                    for path in available_paths() {
+                        let mut y = vec![f32::NAN; m * n];
+                        packed.matmul_quantized_on(path, &acts, &mut y).unwrap();
+                        let same = y.iter().zip(&reference).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "packed {} on {}: n {n} k {k} m {m} differs from the ggml-layout kernel", wt.name(), path.name());
+                    }
                 }
             }
         }
