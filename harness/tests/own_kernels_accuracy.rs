@@ -63,6 +63,8 @@ fn check(path: &Path, name: &str) {
         model.set_own_kernels(true);
         (teacher_forced(&mut model, &extra), file.conversions())
     };
+    // What `doctor` says loading will do, from the header alone, is what loading did.
+    assert_eq!(GgufFile::open(path).unwrap().planned_conversions(), conversions, "{name}: doctor's planned conversions");
     let steps = reference.len() as f64;
     let mean = |v: &[Vec<f32>]| v.iter().zip(&reference).map(|(a, r)| rms(a, r)).sum::<f64>() / steps;
     let agree = |v: &[Vec<f32>]| v.iter().zip(&reference).filter(|(a, r)| argmax(a) == argmax(r)).count();

@@ -330,7 +330,9 @@ impl GgufFile {
         }
         if own_kernels_default() && !self.dequantize {
             for (dtype, _) in NO_PACKED {
-                let packed = matmul_weights(dtype);
+                // Converted Q5_0 weights are packed as the Q8_0 they become.
+                let converted = if dtype == GgmlDType::Q8_0 && self.convert { q5 } else { 0 };
+                let packed = matmul_weights(dtype) + converted;
                 if packed > 0 {
                     out.push(packing_text(dtype, packed));
                 }
