@@ -66,8 +66,8 @@ impl PackedWeight {
     }
 
     /// Whether the packed layout is the faster one for a call with `m` activation rows: always
-    /// for Q4_1, Q8_0 and Q4_K; for Q6_K from [`Q6K_PACKED_MIN_ROWS`] rows (fewer take the weight's ggml layout
-    /// in `qmatmul`, with the same bits).
+    /// for Q4_1, Q8_0 and Q4_K; for Q6_K from [`Q6K_PACKED_MIN_ROWS`] rows (fewer take the
+    /// weight's ggml layout in `qmatmul`, with the same bits).
     pub fn serves(&self, m: usize) -> bool {
         match self {
             Self::Q4K(_) | Self::Blocks(_) => true,
@@ -93,13 +93,23 @@ impl PackedWeight {
     }
 }
 
-/// Runs `group(g)` for every group of eight columns, on candle's thread pool when there are several.
-fn for_each_group(n: usize, group: impl Fn(usize) + Sync) {
+/// Runs `group(chunks, out, cols)` for every group of eight columns of an `(m, n)` output, on
+/// candle's thread pool when there are several: `chunks` points at the group's `group_bytes` of
+/// `data`, `out` at its first column, `cols` is how many of its columns exist.
+fn for_each_group(n: usize, data: &[u8], group_bytes: usize, out: &mut [f32], group: impl Fn(*const u8, *mut f32, usize) + Sync) {
+    debug_assert_eq!(data.len(), n.div_ceil(GROUP_COLS) * group_bytes);
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let one = |g: usize| {
+        // SAFETY: group g's bytes are within `data`, and its columns of every output row belong to
+        // this call of `group` alone.
+        let (chunks, first) = unsafe { (data.as_ptr().add(g * group_bytes), out_ptr.get().add(g * GROUP_COLS)) };
+        group(chunks, first, GROUP_COLS.min(n - g * GROUP_COLS))
+    };
     let groups = n.div_ceil(GROUP_COLS);
     if groups == 1 {
-        group(0);
+        one(0);
     } else {
-        candle_core::utils::barrier_pool().execute_chunked(groups, |range| range.for_each(&group));
+        candle_core::utils::barrier_pool().execute_chunked(groups, |range| range.for_each(&one));
     }
 }
 
@@ -165,12 +175,10 @@ impl PackedQ4K {
     /// `out (m, n) = acts · Wᵀ` on `path`, split over groups of columns on candle's thread pool.
     pub fn matmul_quantized_on(&self, path: SimdPath, acts: &QuantizedActs, out: &mut [f32]) -> Result<()> {
         check_call(self.n, self.k, path, acts, out)?;
-        let (n, nsb, data, out_ptr) = (self.n, self.k / 256, &self.data, SyncPtr(out.as_mut_ptr()));
-        for_each_group(n, |g| {
-            let cols = GROUP_COLS.min(n - g * GROUP_COLS);
-            // SAFETY: columns of group g belong to this item alone; its nsb units are in `data`.
+        let (n, nsb) = (self.n, self.k / 256);
+        for_each_group(n, &self.data, nsb * UNIT, out, |p, o, cols| {
+            // SAFETY: `p` is one group's nsb units, `o` its first output column.
             unsafe {
-                let (p, o) = (data.as_ptr().add(g * nsb * UNIT), out_ptr.get().add(g * GROUP_COLS));
                 match path {
                     SimdPath::Scalar => scalar_group(p, nsb, acts, o, n, cols),
                     #[cfg(target_arch = "x86_64")]
@@ -269,6 +277,32 @@ fn prefetch_ahead(unit: *const u8, bytes: usize) {
     }
 }
 
+/// `h(v)` lane by lane: `((v_0 + v_4) + (v_2 + v_6)) + ((v_1 + v_5) + (v_3 + v_7))`, the
+/// reduction of `qmatmul`'s eight per-block lanes (`hsum8`), here one vector per lane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+unsafe fn hsum8_lanes(v: &[core::arch::x86_64::__m256; 8]) -> core::arch::x86_64::__m256 {
+    use core::arch::x86_64::*;
+    _mm256_add_ps(
+        _mm256_add_ps(_mm256_add_ps(v[0], v[4]), _mm256_add_ps(v[2], v[6])),
+        _mm256_add_ps(_mm256_add_ps(v[1], v[5]), _mm256_add_ps(v[3], v[7])),
+    )
+}
+
+/// Stores the first `cols` lanes of `y` (one group's columns of one output row) at `out`.
+///
+/// # Safety
+/// `out` is valid for `cols` (≤ 8) writes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+unsafe fn store_cols(y: core::arch::x86_64::__m256, out: *mut f32, cols: usize) {
+    let mut ys = [0f32; GROUP_COLS];
+    core::arch::x86_64::_mm256_storeu_ps(ys.as_mut_ptr(), y);
+    std::ptr::copy_nonoverlapping(ys.as_ptr(), out, cols);
+}
+
 /// Runs `$rows::<R>(args.., r0)` over the activation rows `0..$m` in tiles of at most `$max_r`.
 #[cfg(target_arch = "x86_64")]
 macro_rules! row_tiles {
@@ -357,9 +391,7 @@ macro_rules! packed_path {
                     }
                 }
                 for (r, acc) in acc.iter().enumerate() {
-                    let mut y = [0f32; GROUP_COLS];
-                    _mm256_storeu_ps(y.as_mut_ptr(), *acc);
-                    std::ptr::copy_nonoverlapping(y.as_ptr(), out.add((r0 + r) * n), cols);
+                    store_cols(*acc, out.add((r0 + r) * n), cols);
                 }
             }
 
@@ -462,12 +494,10 @@ impl PackedQ6K {
         check_call(self.n, self.k, path, acts, out)?;
         // The activations as unsigned bytes a + 128, for the u8 × i8 products.
         let au: Vec<u8> = if path == SimdPath::Scalar { Vec::new() } else { acts.qs.iter().map(|&q| q as u8 ^ 0x80).collect() };
-        let (n, nsb, data, out_ptr) = (self.n, self.k / 256, &self.data, SyncPtr(out.as_mut_ptr()));
-        for_each_group(n, |g| {
-            let cols = GROUP_COLS.min(n - g * GROUP_COLS);
-            // SAFETY: columns of group g belong to this item alone; its 8 · nsb chunks are in `data`.
+        let (n, nsb) = (self.n, self.k / 256);
+        for_each_group(n, &self.data, 8 * nsb * Q6K_CHUNK, out, |p, o, cols| {
+            // SAFETY: `p` is one group's 8 · nsb chunks, `o` its first output column.
             unsafe {
-                let (p, o) = (data.as_ptr().add(g * 8 * nsb * Q6K_CHUNK), out_ptr.get().add(g * GROUP_COLS));
                 match path {
                     SimdPath::Scalar => scalar_group_q6k(p, nsb, acts, o, n, cols),
                     #[cfg(target_arch = "x86_64")]
@@ -607,13 +637,7 @@ macro_rules! packed_q6k_path {
                     }
                 }
                 for (r, v) in parts.iter().enumerate() {
-                    let y = _mm256_add_ps(
-                        _mm256_add_ps(_mm256_add_ps(v[0], v[4]), _mm256_add_ps(v[2], v[6])),
-                        _mm256_add_ps(_mm256_add_ps(v[1], v[5]), _mm256_add_ps(v[3], v[7])),
-                    );
-                    let mut ys = [0f32; GROUP_COLS];
-                    _mm256_storeu_ps(ys.as_mut_ptr(), y);
-                    std::ptr::copy_nonoverlapping(ys.as_ptr(), out.add((r0 + r) * n), cols);
+                    store_cols(hsum8_lanes(v), out.add((r0 + r) * n), cols);
                 }
             }
 
@@ -739,13 +763,10 @@ impl PackedBlocks {
     /// `out (m, n) = acts · Wᵀ` on `path`, split over groups of columns on candle's thread pool.
     pub fn matmul_quantized_on(&self, path: SimdPath, acts: &QuantizedActs, out: &mut [f32]) -> Result<()> {
         check_call(self.n, self.k, path, acts, out)?;
-        let (n, nb, chunk_bytes, data, out_ptr) = (self.n, self.k / QK, self.format.chunk(), &self.data, SyncPtr(out.as_mut_ptr()));
-        let format = self.format;
-        for_each_group(n, |g| {
-            let cols = GROUP_COLS.min(n - g * GROUP_COLS);
-            // SAFETY: columns of group g belong to this item alone; its nb chunks are in `data`.
+        let (n, nb, format) = (self.n, self.k / QK, self.format);
+        for_each_group(n, &self.data, nb * format.chunk(), out, |p, o, cols| {
+            // SAFETY: `p` is one group's nb chunks, `o` its first output column.
             unsafe {
-                let (p, o) = (data.as_ptr().add(g * nb * chunk_bytes), out_ptr.get().add(g * GROUP_COLS));
                 match path {
                     SimdPath::Scalar => scalar_group_blocks(format, p, nb, acts, o, n, cols),
                     #[cfg(target_arch = "x86_64")]
@@ -893,17 +914,9 @@ macro_rules! packed_blocks_path {
                         min_parts[r][j] = mins[r];
                     }
                 }
-                let h = |v: &[__m256; 8]| {
-                    _mm256_add_ps(
-                        _mm256_add_ps(_mm256_add_ps(v[0], v[4]), _mm256_add_ps(v[2], v[6])),
-                        _mm256_add_ps(_mm256_add_ps(v[1], v[5]), _mm256_add_ps(v[3], v[7])),
-                    )
-                };
                 for r in 0..R {
-                    let y = if Q41 { _mm256_add_ps(h(&parts[r]), h(&min_parts[r])) } else { h(&parts[r]) };
-                    let mut ys = [0f32; GROUP_COLS];
-                    _mm256_storeu_ps(ys.as_mut_ptr(), y);
-                    std::ptr::copy_nonoverlapping(ys.as_ptr(), out.add((r0 + r) * n), cols);
+                    let y = if Q41 { _mm256_add_ps(hsum8_lanes(&parts[r]), hsum8_lanes(&min_parts[r])) } else { hsum8_lanes(&parts[r]) };
+                    store_cols(y, out.add((r0 + r) * n), cols);
                 }
             }
 
