@@ -49,14 +49,27 @@ $PROMPT<|im_end|>
 <|im_start|>assistant
 "
 SRC=$LC/src-$VERSION
-BUILD=$LC/build-$VERSION
-BIN=$BUILD/bin
+BIN=$LC/build-$VERSION/bin
+# llama.cpp's AMX matrix product (0.3.36) dies at its first `ldtilecfg` on some AMX CPUs for a
+# batch of 2+ tokens, while one token works (seen here on an AMX Xeon: a general protection
+# fault in ggml_backend_amx_mul_mat; ggml-org/llama.cpp#20824, fix proposed in #26954). On a
+# CPU with AMX a second build with its AMX code compiled out (-mno-amx-*; its AVX-512 paths and
+# weight repacking stay) runs the batches: the speculative runs and the block forwards. tg128
+# stays on the default build, AMX included, llama.cpp's fastest there. The table says so.
+BATCH_BIN=$BIN
+NO_AMX=""
+if grep -qw amx_int8 /proc/cpuinfo; then
+    NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    BATCH_BIN=$LC/build-$VERSION-noamx/bin
+fi
 
 log() { echo "llama-cpp-baseline: $*" >&2; }
 
+# build_llama_cpp BUILD_DIR [CFLAGS]
 build_llama_cpp() {
-    if [[ -x $BIN/llama-bench && -x $BIN/llama-speculative-simple ]]; then
-        log "llama.cpp build found in $BUILD"
+    local build=$1 cflags=${2:-}
+    if [[ -x $build/bin/llama-bench && -x $build/bin/llama-speculative-simple ]]; then
+        log "llama.cpp build found in $build"
         return
     fi
     # Build tools from PyPI wheels in a virtualenv of our own: cmake (when the system has none)
@@ -79,13 +92,14 @@ build_llama_cpp() {
         rm -rf "$SRC" && mkdir -p "$SRC"
         tar -xzf "$sdist" -C "$SRC" --strip-components=1
     fi
-    log "building llama-bench and llama-speculative-simple (GGML_NATIVE=ON, -j $(nproc)); log in $LC/cmake-build.log"
-    "$cmake" -S "$SRC/vendor/llama.cpp" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
+    log "building llama-bench and llama-speculative-simple (GGML_NATIVE=ON ${cflags:+$cflags }-j $(nproc)) in $build; log in $LC/cmake-build.log"
+    "$cmake" -S "$SRC/vendor/llama.cpp" -B "$build" -DCMAKE_BUILD_TYPE=Release \
         -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF \
-        -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF >"$LC/cmake-configure.log" 2>&1 \
+        -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF -DCMAKE_C_FLAGS="$cflags" -DCMAKE_CXX_FLAGS="$cflags" \
+        >"$LC/cmake-configure.log" 2>&1 \
         || { tail -30 "$LC/cmake-configure.log" >&2; exit 1; }
-    "$cmake" --build "$BUILD" --target llama-bench llama-speculative-simple -j "$(nproc)" >"$LC/cmake-build.log" 2>&1 \
+    "$cmake" --build "$build" --target llama-bench llama-speculative-simple -j "$(nproc)" >"$LC/cmake-build.log" 2>&1 \
         || { tail -30 "$LC/cmake-build.log" >&2; exit 1; }
 }
 
@@ -135,7 +149,7 @@ llama_tg() {
 # llama.cpp's ms per forward over each block size in $BLOCKS after a 256-token cache, as
 # "N MS" lines.
 llama_blocks() {
-    "$BIN/llama-bench" -m "$1" -p "$BLOCKS" -n 0 -d 256 -t "$THREADS" -r 3 -o json 2>/dev/null \
+    "$BATCH_BIN/llama-bench" -m "$1" -p "$BLOCKS" -n 0 -d 256 -t "$THREADS" -r 3 -o json 2>/dev/null \
         | python3 -c 'import json,sys; [print(r["n_prompt"], "%.2f" % (r["avg_ns"] / 1e6)) for r in json.load(sys.stdin)]'
 }
 
@@ -159,7 +173,7 @@ db_tps() {
 # "accept = P%".
 llama_spec() {
     local target=$1 draft=$2 out
-    out=$("$BIN/llama-speculative-simple" -m "$target" -md "$draft" --spec-type draft-simple -p "$CHATML" -n "$N" \
+    out=$("$BATCH_BIN/llama-speculative-simple" -m "$target" -md "$draft" --spec-type draft-simple -p "$CHATML" -n "$N" \
         -t "$THREADS" -td "$THREADS" --spec-draft-n-max "$GAMMA" --spec-draft-n-min 0 --temp 0 -c 2048 --seed 1 2>&1 || true)
     echo "$out" | python3 -c '
 import re, sys
@@ -170,7 +184,10 @@ print(speed[-1][2] if speed else "n/a", acc[-1] if acc else "n/a")'
 }
 
 main() {
-    build_llama_cpp
+    build_llama_cpp "$(dirname "$BIN")"
+    if [[ $BATCH_BIN != "$BIN" ]]; then
+        build_llama_cpp "$(dirname "$BATCH_BIN")" "$NO_AMX"
+    fi
     if [[ ${1:-} == --build-only ]]; then
         return
     fi
@@ -180,10 +197,13 @@ main() {
     fi
     local cpu simd
     cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
-    simd=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx|avx2|fma|f16c|avx512f|avx512bw|avx512vl|avx512_vnni|avx512_bf16|avx_vnni)$' | tr '\n' ' ')
+    simd=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx|avx2|fma|f16c|avx512f|avx512bw|avx512vl|avx512_vnni|avx512_bf16|avx_vnni|amx_int8)$' | tr '\n' ' ')
     echo "## llama.cpp (llama-cpp-python $VERSION sdist, GGML_NATIVE) vs decodebench"
     echo
     echo "CPU: $cpu, $(nproc) threads available, $THREADS used; SIMD: $simd"
+    if [[ $BATCH_BIN != "$BIN" ]]; then
+        echo "llama.cpp's AMX product crashes here for 2+ tokens: its speculative and block runs use a build with $NO_AMX (see the script)"
+    fi
     echo "$(date -u '+%Y-%m-%d %H:%M UTC'); load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
     echo "| model | main weight types | llama.cpp tg$N tok/s | decodebench greedy tok/s | ratio |"
