@@ -40,6 +40,7 @@ struct ExactAttention {
     visible: Vec<Vec<usize>>,
     scale: f32,
     /// AVX2 + FMA dot products and weighted sums ([`use_fma`]).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fast: bool,
 }
 
@@ -105,6 +106,7 @@ mod fma {
     /// # Safety
     /// The CPU has AVX2 and FMA; `a.len() == b.len()`.
     #[target_feature(enable = "avx2,fma")]
+    #[inline]
     pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len();
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
@@ -133,6 +135,7 @@ mod fma {
     /// # Safety
     /// The CPU has AVX2 and FMA; `out.len() == x.len()`.
     #[target_feature(enable = "avx2,fma")]
+    #[inline]
     pub unsafe fn axpy(out: &mut [f32], w: f32, x: &[f32]) {
         let n = out.len();
         let (po, px, wv) = (out.as_mut_ptr(), x.as_ptr(), _mm256_set1_ps(w));
@@ -157,8 +160,43 @@ fn use_fma() -> bool {
 
 impl ExactAttention {
     /// Query head `hi` of batch `bi` (its `n` rows) against KV head `kv`, into `out` `(n, hd)`.
-    fn head(&self, q: &View, k: &View, v: &View, (bi, hi, kv): (usize, usize, usize), hd: usize, out: &mut [f32]) {
-        let fast = self.fast;
+    fn head(&self, q: &View, k: &View, v: &View, idx: (usize, usize, usize), hd: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.fast {
+            // SAFETY: `use_fma` found AVX2 + FMA.
+            return unsafe { self.head_fma(q, k, v, idx, hd, out) };
+        }
+        self.head_with(q, k, v, idx, hd, out, dot, axpy)
+    }
+
+    /// [`Self::head`] compiled for AVX2 + FMA, so that [`fma::dot`] and [`fma::axpy`] inline into
+    /// the loop over keys instead of costing a call per key (SmolLM2, 64 values per head:
+    /// attention's share of a 512-token greedy run's CPU samples went from 17.5% to 15.2%). The
+    /// operations, and so the bits, are those of the called forms.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn head_fma(&self, q: &View, k: &View, v: &View, idx: (usize, usize, usize), hd: usize, out: &mut [f32]) {
+        // SAFETY: the features are this function's; rows and outputs hold hd values.
+        self.head_with(q, k, v, idx, hd, out, |a, b| unsafe { fma::dot(a, b) }, |o, w, x| unsafe { fma::axpy(o, w, x) })
+    }
+
+    /// The head's arithmetic with the given dot product and `out += w · x`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn head_with(
+        &self,
+        q: &View,
+        k: &View,
+        v: &View,
+        (bi, hi, kv): (usize, usize, usize),
+        hd: usize,
+        out: &mut [f32],
+        dot: impl Fn(&[f32], &[f32]) -> f32,
+        axpy: impl Fn(&mut [f32], f32, &[f32]),
+    ) {
         let cache_len = self.cache_len;
         let total = cache_len + self.visible.iter().map(|v| v.len()).max().unwrap_or(0);
         let mut scores: Vec<f32> = Vec::with_capacity(total);
@@ -169,10 +207,7 @@ impl ExactAttention {
             keys.extend((0..cache_len).chain(self.visible[i].iter().map(|&j| cache_len + j)));
             scores.clear();
             for &j in &keys {
-                let k_row = k.row(bi, kv, j, hd);
-                // SAFETY (fast): `use_fma` found AVX2 + FMA; both rows hold hd values.
-                let s = if fast { unsafe { self::fma_dot(q_row, k_row) } } else { dot(q_row, k_row) };
-                scores.push(s * self.scale);
+                scores.push(dot(q_row, k.row(bi, kv, j, hd)) * self.scale);
             }
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
@@ -182,29 +217,12 @@ impl ExactAttention {
             }
             out_row.fill(0.0);
             for (&w, &j) in scores.iter().zip(&keys) {
-                let v_row = v.row(bi, kv, j, hd);
-                if fast {
-                    // SAFETY: as above.
-                    unsafe { self::fma_axpy(out_row, w, v_row) }
-                } else {
-                    axpy(out_row, w, v_row)
-                }
+                axpy(out_row, w, v.row(bi, kv, j, hd));
             }
             let inv = 1.0 / sum;
             out_row.iter_mut().for_each(|o| *o *= inv);
         }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-use fma::{axpy as fma_axpy, dot as fma_dot};
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn fma_dot(a: &[f32], b: &[f32]) -> f32 {
-    dot(a, b)
-}
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn fma_axpy(out: &mut [f32], w: f32, x: &[f32]) {
-    axpy(out, w, x)
 }
 
 impl CustomOp3 for ExactAttention {
