@@ -147,6 +147,12 @@ fn a_run_leaves_tables_answers_and_metadata_and_is_exact() {
     let before = std::fs::read_to_string(out.join("records.jsonl")).unwrap();
     ok(&decodebench(&["run", s.config.to_str().unwrap(), "--out", out.to_str().unwrap(), "--resume"]));
     assert_eq!(std::fs::read_to_string(out.join("records.jsonl")).unwrap(), before);
+    // Other weights under the same name (the sweep hash names models, not files) are refused.
+    write_gguf(&TinySpec { seed: 99, ..TinySpec::llama() }, &s.root.join("target.gguf")).unwrap();
+    let other = decodebench(&["run", s.config.to_str().unwrap(), "--out", out.to_str().unwrap(), "--resume"]);
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(!other.status.success() && stderr.contains("other weights") && stderr.contains("models.target: sha256"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(out.join("records.jsonl")).unwrap(), before);
 }
 
 #[test]
@@ -162,6 +168,18 @@ fn shards_merge_into_the_unsharded_run() {
     ok(&decodebench(&["merge", one.to_str().unwrap(), two.to_str().unwrap(), "--out", merged.to_str().unwrap()]));
     assert_eq!(content(&merged), content(&full));
     assert_eq!(summary_rows(&merged), summary_rows(&full));
+    // Each shard's cost curves come along with its questions, so each is priced by its own.
+    let cal =
+        |d: &Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(d.join("calibration.json")).unwrap()).unwrap() };
+    let merged_cal = cal(&merged);
+    let shards = merged_cal["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 2, "{merged_cal}");
+    for (s, dir) in shards.iter().zip([&one, &two]) {
+        let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+        assert_eq!((&s["shard"], &s["questions"]), (&meta["shard"], &meta["questions"]));
+        assert_eq!(s["models"], cal(dir)["models"]);
+    }
+    assert_eq!(merged_cal["models"], cal(&one)["models"]);
 
     // --allow-partial merges what there is, and the report says so before anything else.
     let partial = s.root.join("partial");

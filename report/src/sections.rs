@@ -181,7 +181,7 @@ pub fn glossary() -> Block {
             ("Configuration", "strategy[parameters]: every parameter of the strategy, defaults filled in (greedy has none)."),
             ("Speedup (×)", "geometric mean, over every answered turn, of the turn's throughput (tokens/s) divided by greedy decoding's on the same prompt, turn and repeat in the same run (paired ratios); greedy is 1 by definition, 2 means twice as fast."),
             ("95% CI", "95% confidence interval of the speedup: bootstrap over prompts (questions resampled with replacement, all their turns together; 2.5 and 97.5 percentiles)."),
-            ("Predicted (×)", "the speedup the cost model predicts from this machine's calibrated forward costs and the measured acceptance: τ̄·c(1) / (c(n̄) + draft cost per step); – without calibration."),
+            ("Predicted (×)", "the speedup the cost model predicts from the machine's calibrated forward costs (each shard's own, after a merge) and the measured acceptance: τ̄·c(1) / (c(n̄) + draft cost per step); – without calibration."),
             ("Mean accepted tokens", "tokens accepted per decoding step (one target forward), bonus token included: Σ accepted / Σ steps (1.00 for greedy)."),
             ("Tokens/s", "new tokens over the whole call's wall time (prompt forward included), mean over turns."),
             ("Exact match", "share of turns whose answer is token-identical to greedy decoding's on the same prompt; a lossless configuration must reach 1.000."),
@@ -337,7 +337,7 @@ pub fn hardware_notes(m: &RunMeta) -> Vec<String> {
         .collect();
         if !differs.is_empty() {
             notes.push(format!(
-                "The {} shards of this run ran on different hardware (they differ in: {}): compare throughput across shards with care; speedups are paired within one machine.",
+                "The {} shards of this run ran on different hardware (they differ in: {}): compare throughput across shards with care; speedups are paired within one machine, predicted speedups price each shard by its own machine's calibration, and the cost-curve chart shows the first shard's.",
                 m.merged_from.len(),
                 differs.join(", ")
             ));

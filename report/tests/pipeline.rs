@@ -92,8 +92,10 @@ fn report_of_a_real_analysis() {
         forward_ms: [(1, base), (8, base * 1.5), (64, base * 3.0)].into_iter().collect(),
         bandwidth_gbs: None,
     };
-    let calibration =
-        Calibration { models: [("target".to_string(), curve(20.0)), ("draft".to_string(), curve(5.0))].into_iter().collect() };
+    let calibration = Calibration {
+        models: [("target".to_string(), curve(20.0)), ("draft".to_string(), curve(5.0))].into_iter().collect(),
+        shards: vec![],
+    };
     write_json_atomic(&dir.join(decodebench_tables::records::CALIBRATION_FILE), &calibration).unwrap();
     decodebench_tables::analyse(&dir).unwrap();
 

@@ -74,7 +74,7 @@ pub fn analyse_records(dir: &Path, records: &[UnitRecord], meta: &RunMeta, calib
         lossless_failures,
         units: records.len(),
         torn_tail: false,
-        calibrated: !calibration.models.is_empty(),
+        calibrated: !calibration.is_empty(),
         written,
     })
 }

@@ -50,12 +50,44 @@ pub fn forward_ms(curve: &CostCurve, n: f64) -> Option<f64> {
 /// over greedy decoding; see the module doc. `None` with no steps, an empty target curve, a
 /// draft-model strategy without a draft curve, or a zero predicted cost.
 pub fn predicted_speedup(steps: &[StepRecord], strategy: &str, target: &CostCurve, draft: Option<&CostCurve>) -> Option<f64> {
+    predicted_speedup_by_machine(&[MachineSteps { steps, target: Some(target), draft }], strategy)
+}
+
+/// Steps that ran on one machine, with that machine's curves.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineSteps<'a> {
+    pub steps: &'a [StepRecord],
+    pub target: Option<&'a CostCurve>,
+    pub draft: Option<&'a CostCurve>,
+}
+
+/// The predicted speedup of steps run on several machines (merged shards), each priced by its
+/// own machine's curves: the greedy time of all their tokens over the strategy's time,
+/// Σ_m N_m·τ̄_m·c_m(1) / Σ_m N_m·(c_m(n̄_m) + draft ms per step), N_m steps on machine m. On one
+/// machine this is the module doc's formula. Machines without steps are skipped; `None` when
+/// no machine has steps or one that has lacks a prediction (no curve of its own: another
+/// machine's would price it wrongly).
+pub fn predicted_speedup_by_machine(machines: &[MachineSteps], strategy: &str) -> Option<f64> {
+    let (mut greedy_ms, mut strategy_ms) = (0.0, 0.0);
+    let mut any = false;
+    for m in machines.iter().filter(|m| !m.steps.is_empty()) {
+        let (g, s) = predicted_ms(m.steps, strategy, m.target?, m.draft)?;
+        greedy_ms += g;
+        strategy_ms += s;
+        any = true;
+    }
+    if !any || strategy_ms <= 0.0 || !strategy_ms.is_finite() {
+        return None;
+    }
     if strategy == "greedy" {
         return Some(1.0);
     }
-    if steps.is_empty() {
-        return None;
-    }
+    Some(greedy_ms / strategy_ms)
+}
+
+/// Predicted milliseconds of `steps` (non-empty) under greedy decoding (every accepted token at
+/// c_t(1)) and under the strategy (per step c_t(n̄) + draft ms per step).
+fn predicted_ms(steps: &[StepRecord], strategy: &str, target: &CostCurve, draft: Option<&CostCurve>) -> Option<(f64, f64)> {
     let n = steps.len() as f64;
     let mean = |f: fn(&StepRecord) -> f64| steps.iter().map(f).sum::<f64>() / n;
     let accepted = mean(|s| s.tokens_accepted as f64);
@@ -66,10 +98,7 @@ pub fn predicted_speedup(steps: &[StepRecord], strategy: &str, target: &CostCurv
         mean(|s| s.draft_s) * 1000.0
     };
     let step_ms = forward_ms(target, forward_tokens)? + draft_ms;
-    if step_ms <= 0.0 || !step_ms.is_finite() {
-        return None;
-    }
-    Some(accepted * forward_ms(target, 1.0)? / step_ms)
+    Some((n * accepted * forward_ms(target, 1.0)?, n * step_ms))
 }
 
 #[cfg(test)]

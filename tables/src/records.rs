@@ -4,7 +4,8 @@
 //! - `records.jsonl`: one [`UnitRecord`] per line, appended (and fsynced) as each unit finishes,
 //!   so a killed run loses at most the unit in flight; a torn last line is dropped on reading;
 //! - `meta.json`: [`RunMeta`], the run's config, expanded sweep, models, machine and times;
-//! - `calibration.json`: [`Calibration`], each model's forward-cost curve on this machine.
+//! - `calibration.json`: [`Calibration`], each model's forward-cost curve on this machine (after
+//!   `merge`, each shard's machine's too).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -199,7 +200,35 @@ pub struct CostCurve {
 /// `calibration.json`: the curve of every model the run used, by role (`target`, `draft`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Calibration {
+    /// The run's curves; after `merge`, the first shard's (the `calibration` table shows these).
     pub models: BTreeMap<String, CostCurve>,
+    /// After `merge`: every shard's own curves with the questions it ran, so that each shard's
+    /// steps are predicted with the curves of the machine that ran them. Empty for a run that
+    /// was not merged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardCalibration>,
+}
+
+/// One merged shard's curves (empty when the shard had no `calibration.json`: its
+/// configurations then get no prediction rather than another machine's).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShardCalibration {
+    /// `K/N`.
+    pub shard: String,
+    pub questions: Vec<String>,
+    pub models: BTreeMap<String, CostCurve>,
+}
+
+impl Calibration {
+    /// The curves that apply to `question_id`: its shard's after a merge, else the run's.
+    pub fn curves_for(&self, question_id: &str) -> &BTreeMap<String, CostCurve> {
+        self.shards.iter().find(|s| s.questions.iter().any(|q| q == question_id)).map_or(&self.models, |s| &s.models)
+    }
+
+    /// No curves at all: no predictions.
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty() && self.shards.iter().all(|s| s.models.is_empty())
+    }
 }
 
 /// Appends unit records to `records.jsonl`, one fsynced line each.

@@ -11,7 +11,8 @@
 //!   top-k rank of the accepted token (`rank`, Medusa) and the histogram of tokens accepted per
 //!   step (`length`);
 //! - `summary`: per configuration × category, and `all`;
-//! - `calibration`: the forward-cost curves the cost model used.
+//! - `calibration`: the forward-cost curves the cost model used (after `merge`, the first
+//!   shard's; `calibration.json` keeps every shard's, and each shard's steps are priced by its own).
 //!
 //! Nothing here depends on the order of the records: they are sorted by configuration (in the
 //! order of `meta.configs`), question id (numerically when all digits), repeat and turn first,
@@ -28,7 +29,7 @@ use polars::prelude::{Column, CsvReadOptions, CsvWriter, DataFrame, ParquetReade
 
 use crate::cost;
 use crate::quality;
-use crate::records::{Calibration, ConfigKey, RunMeta, TurnRecord, UnitRecord};
+use crate::records::{Calibration, ConfigKey, CostCurve, RunMeta, TurnRecord, UnitRecord};
 use crate::stats;
 
 /// The id of the pairing reference: greedy decoding, strategy `greedy`, config empty.
@@ -344,10 +345,7 @@ fn summary_row(key: &ConfigKey, id: &str, category: &str, turns: &[(&TurnRow, &[
     let groups: Vec<Vec<f64>> = by_question.into_values().collect();
     let ci = stats::paired_bootstrap(&groups, stats::DEFAULT_RESAMPLES, stats::DEFAULT_SEED);
     let steps: Vec<StepRecord> = turns.iter().flat_map(|(_, s)| s.iter().cloned()).collect();
-    let predicted = calibration
-        .models
-        .get("target")
-        .and_then(|target| cost::predicted_speedup(&steps, &key.strategy, target, calibration.models.get("draft")));
+    let predicted = predicted_speedup(&key.strategy, turns, calibration);
     let accepted: usize = steps.iter().map(|s| s.tokens_accepted).sum();
     let paired: Vec<&TurnRow> = turns.iter().map(|(t, _)| *t).filter(|t| t.exact_match.is_some()).collect();
     let identical = paired.iter().filter(|t| t.exact_match == Some(true)).count();
@@ -372,6 +370,25 @@ fn summary_row(key: &ConfigKey, id: &str, category: &str, turns: &[(&TurnRow, &[
         repetition_rate: mean_of(turns.iter().map(|(t, _)| t.repetition_rate)),
         peak_rss_mb: turns.iter().map(|(t, _)| t.peak_rss_mb).reduce(f64::max),
     }
+}
+
+/// The cost model's prediction for `turns`, each turn's steps priced by the curves of the
+/// machine that ran it (one set of curves unless the run was merged from shards).
+fn predicted_speedup(strategy: &str, turns: &[(&TurnRow, &[StepRecord])], calibration: &Calibration) -> Option<f64> {
+    // Curve sets are told apart by address: one per shard, or the run's own.
+    let mut by_curves: Vec<(&BTreeMap<String, CostCurve>, Vec<StepRecord>)> = Vec::new();
+    for (t, steps) in turns {
+        let curves = calibration.curves_for(&t.question_id);
+        match by_curves.iter_mut().find(|(c, _)| std::ptr::eq(*c, curves)) {
+            Some((_, all)) => all.extend(steps.iter().cloned()),
+            None => by_curves.push((curves, steps.to_vec())),
+        }
+    }
+    let machines: Vec<cost::MachineSteps> = by_curves
+        .iter()
+        .map(|(curves, steps)| cost::MachineSteps { steps, target: curves.get("target"), draft: curves.get("draft") })
+        .collect();
+    cost::predicted_speedup_by_machine(&machines, strategy)
 }
 
 /// Every row of the analysis of `records` (see the module doc). The greedy baseline

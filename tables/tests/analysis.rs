@@ -8,7 +8,7 @@ use decodebench_strategies::StepRecord;
 use decodebench_tables::analysis::{analyse, analyse_records, format_summary, lossless_failures};
 use decodebench_tables::polars::prelude::{AnyValue, DataFrame};
 use decodebench_tables::records::{
-    Calibration, ConfigKey, CostCurve, MachineMeta, ModelMeta, RecordWriter, RunMeta, TurnRecord, UnitRecord,
+    Calibration, ConfigKey, CostCurve, MachineMeta, ModelMeta, RecordWriter, RunMeta, ShardCalibration, TurnRecord, UnitRecord,
 };
 use decodebench_tables::tables::{self, compute, read_csv_table, read_summary, read_table, schema, SummaryRow, TABLE_NAMES};
 
@@ -240,6 +240,43 @@ fn predicted_speedup_uses_the_calibration() {
     let all = summary(&rows.summary, &spec().id(), "all");
     assert!(close(all.predicted_speedup, 1.5), "{all:?}");
     assert!(close(summary(&rows.summary, "greedy", "all").predicted_speedup, 1.0));
+}
+
+#[test]
+fn merged_shards_are_priced_by_their_own_curves() {
+    let curve = |points: &[(usize, f64)]| CostCurve { context: 256, forward_ms: points.iter().copied().collect(), bandwidth_gbs: None };
+    let (target_a, draft_a) = (curve(&[(1, 10.0), (2, 12.0), (4, 16.0)]), curve(&[(1, 1.0), (2, 1.5)]));
+    // Shard 2's machine is twice as slow, its draft too.
+    let (target_b, draft_b) = (curve(&[(1, 20.0), (2, 24.0), (4, 32.0)]), curve(&[(1, 2.0)]));
+    let shard = |label: &str, question: &str, models: Vec<(&str, &CostCurve)>| ShardCalibration {
+        shard: label.into(),
+        questions: vec![question.into()],
+        models: models.into_iter().map(|(r, c)| (r.to_string(), c.clone())).collect(),
+    };
+    let mut calibration = Calibration::default();
+    calibration.models.insert("target".into(), target_a.clone());
+    calibration.models.insert("draft".into(), draft_a.clone());
+    calibration.shards = vec![
+        shard("1/2", "1", vec![("target", &target_a), ("draft", &draft_a)]),
+        shard("2/2", "2", vec![("target", &target_b), ("draft", &draft_b)]),
+    ];
+    let rows = compute(&hand_records(), &meta(vec![greedy(), spec()]), &calibration).unwrap();
+    // Question 1 (shard 1): 6 steps accepting 16 tokens, each a 3-token forward and 2 drafted
+    // tokens: greedy 16 · 10 = 160 ms against 6 · (c_a(3) 14 + 2 · 1) = 96 ms.
+    // Question 2 (shard 2): 4 steps accepting 8: greedy 8 · 20 = 160 ms against
+    // 4 · (c_b(3) 28 + 2 · 2) = 128 ms. Together 320 / 224; the first shard's curves alone
+    // would say 1.5 (predicted_speedup_uses_the_calibration).
+    let id = spec().id();
+    assert!(close(summary(&rows.summary, &id, "all").predicted_speedup, 320.0 / 224.0), "{:?}", rows.summary);
+    assert!(close(summary(&rows.summary, &id, "coding").predicted_speedup, 160.0 / 96.0));
+    assert!(close(summary(&rows.summary, &id, "writing").predicted_speedup, 160.0 / 128.0));
+    assert!(close(summary(&rows.summary, "greedy", "all").predicted_speedup, 1.0));
+    // A shard without curves gets no prediction, and neither does anything that includes it.
+    calibration.shards[1].models.clear();
+    let rows = compute(&hand_records(), &meta(vec![greedy(), spec()]), &calibration).unwrap();
+    assert_eq!(summary(&rows.summary, &id, "all").predicted_speedup, None);
+    assert_eq!(summary(&rows.summary, &id, "writing").predicted_speedup, None);
+    assert!(close(summary(&rows.summary, &id, "coding").predicted_speedup, 160.0 / 96.0));
 }
 
 /// depth, rank, length, count, total.

@@ -130,6 +130,20 @@ fn sweep_hash(exp: &Experiment, threads: usize) -> String {
     hash_hex(&[&text.to_string()])[..16].to_string()
 }
 
+/// Models whose weights differ between two runs of one sweep: the sweep hash names models by
+/// name (and heads by `auto`), so a retrained or re-downloaded file under the same name only
+/// shows in its sha256. One line per role.
+fn weights_changed(before: &[ModelMeta], now: &[ModelMeta]) -> Vec<String> {
+    let short = |s: &Option<String>| s.as_deref().map_or("none".to_string(), |h| h[..h.len().min(12)].to_string());
+    now.iter()
+        .filter_map(|n| {
+            let b = before.iter().find(|b| b.role == n.role)?;
+            (b.sha256 != n.sha256)
+                .then(|| format!("models.{}: sha256 {} before, {} now ({})", n.role, short(&b.sha256), short(&n.sha256), n.name))
+        })
+        .collect()
+}
+
 /// Says what differs between the recorded run and this one.
 fn describe_change(old: &RunMeta, new: &RunMeta) -> String {
     let mut diffs = Vec::new();
@@ -389,6 +403,17 @@ pub fn run(args: &RunArgs) -> Result<Option<RunOutcome>> {
         None => None,
     };
     meta.models = model_metas(&exp, &target, &target_src, draft.as_ref().zip(draft_src.as_ref()), heads_spec.as_deref())?;
+    if meta_path.exists() {
+        let old: RunMeta = records::read_json(&meta_path)?;
+        let changed = weights_changed(&old.models, &meta.models);
+        if !changed.is_empty() {
+            bail!(
+                "--resume: {} was started with other weights ({}); use another --out for the new ones",
+                out.display(),
+                changed.join("; ")
+            );
+        }
+    }
     if let (Some(spec), Some(sha)) = (&heads_spec, &meta.models[0].sha256) {
         crate::heads::check_base_model(spec, &exp.models.target, sha).with_context(|| format!("{file}: models.heads"))?;
     }
@@ -663,6 +688,10 @@ pub fn merge(dirs: &[PathBuf], out: &Path, allow_partial: bool) -> Result<RunOut
         if m.sweep_hash != first.sweep_hash {
             bail!("merge: {} is another sweep than {} ({})", d.display(), shards[0].0.display(), describe_change(&first, m));
         }
+        let changed = weights_changed(&first.models, &m.models);
+        if !changed.is_empty() {
+            bail!("merge: {} ran other weights than {} ({})", d.display(), shards[0].0.display(), changed.join("; "));
+        }
     }
     let n = match &first.shard {
         Some(s) => Shard::parse(s)?.n,
@@ -735,12 +764,33 @@ pub fn merge(dirs: &[PathBuf], out: &Path, allow_partial: bool) -> Result<RunOut
     meta.earlier_machines = Vec::new();
     meta.partial = problems;
     records::write_json_atomic(&out.join(META_FILE), &meta)?;
-    // The first shard's cost curve (shards on other hardware have their own; the report says so).
-    let cal_src = shards[0].0.join(CALIBRATION_FILE);
-    if cal_src.exists() {
-        std::fs::copy(&cal_src, out.join(CALIBRATION_FILE)).with_context(|| format!("cannot copy {}", cal_src.display()))?;
-    }
+    records::write_json_atomic(&out.join(CALIBRATION_FILE), &merged_calibration(&shards)?)?;
     analyse(out)
+}
+
+/// Every shard's cost curves with the questions it ran, so that the cost model prices each
+/// shard's steps with its own machine's curves; the first shard's also stand as the run's
+/// `models` (the `calibration` table). A shard without `calibration.json` keeps no curves, and
+/// its configurations get no prediction. Shards that were merges themselves pass theirs on.
+fn merged_calibration(shards: &[(PathBuf, RunMeta, Vec<UnitRecord>)]) -> Result<Calibration> {
+    let mut merged = Calibration::default();
+    for (i, (dir, meta, _)) in shards.iter().enumerate() {
+        let path = dir.join(CALIBRATION_FILE);
+        let own: Calibration = if path.exists() { records::read_json(&path)? } else { Calibration::default() };
+        if i == 0 {
+            merged.models = own.models.clone();
+        }
+        if own.shards.is_empty() {
+            merged.shards.push(records::ShardCalibration {
+                shard: meta.shard.clone().unwrap_or_else(|| "1/1".into()),
+                questions: meta.questions.clone(),
+                models: own.models,
+            });
+        } else {
+            merged.shards.extend(own.shards);
+        }
+    }
+    Ok(merged)
 }
 
 #[cfg(test)]
@@ -764,5 +814,22 @@ mod tests {
         assert_eq!(hashes.len(), units.len());
         assert_eq!(turn_seed(1, "a", "b", 0, 1), turn_seed(1, "a", "b", 0, 1));
         assert_ne!(turn_seed(1, "a", "b", 0, 1), turn_seed(1, "a", "b", 0, 2));
+    }
+
+    #[test]
+    fn changed_weights_are_named_by_role() {
+        let m = |role: &str, sha: Option<&str>| ModelMeta {
+            role: role.into(),
+            name: format!("{role}-model"),
+            path: String::new(),
+            sha256: sha.map(String::from),
+            quantization: None,
+        };
+        let before = [m("target", Some("aaaaaaaaaaaaaaaa")), m("heads", Some("cccccccccccccccc"))];
+        assert!(weights_changed(&before, &before).is_empty());
+        let now = [m("target", Some("aaaaaaaaaaaaaaaa")), m("heads", Some("dddddddddddddddd")), m("draft", Some("eeee"))];
+        // The heads changed; the draft is new (the sweep hash catches a model added or removed).
+        assert_eq!(weights_changed(&before, &now), ["models.heads: sha256 cccccccccccc before, dddddddddddd now (heads-model)"]);
+        assert_eq!(weights_changed(&before, &[m("target", None)]), ["models.target: sha256 aaaaaaaaaaaa before, none now (target-model)"]);
     }
 }

@@ -268,7 +268,7 @@ pub fn write_folder(dir: &Path, scale: f64, host: &str) {
     }
     let mut cal = df!("role" => role, "context" => ctx, "tokens" => tokens, "forward_ms" => ms, "bandwidth_gbs" => bw).unwrap();
     write(dir, "calibration", &mut cal);
-    write_json_atomic(&dir.join(CALIBRATION_FILE), &Calibration { models: cal_models }).unwrap();
+    write_json_atomic(&dir.join(CALIBRATION_FILE), &Calibration { models: cal_models, shards: vec![] }).unwrap();
     write_json_atomic(&dir.join(META_FILE), &meta(host)).unwrap();
 }
 
