@@ -6,7 +6,7 @@
 //! the Qwen-0.5B's converted Q5_0 projections), Q4_K (the Qwen-1.5B's MLP) and Q6_K (the
 //! Qwen-1.5B's MLP down projection and its 151936-row head), for 1, 2, 4, 8, 16 and 64 activation
 //! rows. Benchmarks per group: `candle` (candle's `QMatMul::forward`), and `ours/<path>` for every SIMD path this CPU runs
-//! (`avx2`, `avx512vnni`, and `scalar` at one row only; the selected one is what models use).
+//! (`avx2`, `avx512vnni`, `avx512zmm`, and `scalar` at one row only; the selected one is what models use).
 //! Q4_1, Q8_0 and Q6_K have two layouts with the same bits: `ours` is the one models take at that row
 //! count, and `packed/<path>` or `ggml-layout/<path>` the other one.
 //!

@@ -38,8 +38,8 @@ pub struct Report {
     pub simd: Vec<(&'static str, bool)>,
     /// x86 target features enabled at compile time ([`compiled_target_features`]).
     pub compiled: Vec<String>,
-    /// The path of the project's quantized matmul kernels on this CPU (`avx512vnni`, `avx2`,
-    /// `scalar`), and whether the models use them.
+    /// The path of the project's quantized matmul kernels on this CPU (`avx512zmm`,
+    /// `avx512vnni`, `avx2`, `scalar`), and whether the models use them.
     pub kernel_path: &'static str,
     pub bandwidth: Option<Bandwidth>,
     /// `None` when the build has no CUDA support.

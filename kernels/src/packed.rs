@@ -2,7 +2,10 @@
 //! time, so that one 256-bit integer dot product (`vpdpbusd`, or `maddubs` + `madd`) against
 //! four activation bytes broadcast to every lane gives eight columns' partial sums at once. No
 //! horizontal reduction is left inside the loop, and each weight byte is loaded once per tile of
-//! activation rows; this is what makes a block of 2..64 tokens cost little more than one.
+//! activation rows; this is what makes a block of 2..64 tokens cost little more than one. The
+//! kernels are written once, generic over the path's vector operations (`crate::lanes`); on the
+//! `avx512zmm` path a 512-bit register holds two adjacent groups, with the same operations per
+//! column, so the layout is the same for every path.
 //!
 //! - [`PackedQ4K`]: Q4_K, for every call (its arithmetic is below).
 //! - [`PackedBlocks`]: Q4_1 and Q8_0, for every call, with the bits of the kernel on ggml's
@@ -27,6 +30,8 @@ use half::f16;
 
 use candle_core::quantized::GgmlDType;
 
+#[cfg(target_arch = "x86_64")]
+use crate::lanes::{hsum8_lanes, Avx2Y, Lanes, VnniY, VnniZ};
 use crate::qmatmul::{hsum8, scales_mins_k4, QuantizedActs, SimdPath, SyncPtr, QK};
 
 /// Weight rows interleaved per packed group.
@@ -93,23 +98,44 @@ impl PackedWeight {
     }
 }
 
-/// Runs `group(chunks, out, cols)` for every group of eight columns of an `(m, n)` output, on
-/// candle's thread pool when there are several: `chunks` points at the group's `group_bytes` of
-/// `data`, `out` at its first column, `cols` is how many of its columns exist.
-fn for_each_group(n: usize, data: &[u8], group_bytes: usize, out: &mut [f32], group: impl Fn(*const u8, *mut f32, usize) + Sync) {
+/// Runs `group(chunks, out, cols, groups)` over the groups of eight columns of an `(m, n)`
+/// output, `per_call` (1 or 2) adjacent groups at a time (the last call may get one), on
+/// candle's thread pool when there are several calls: `chunks` points at the first group's
+/// `group_bytes` of `data` (the next group's follow), `out` at its first column, `cols` is how
+/// many of the call's columns exist.
+fn for_each_group(
+    n: usize,
+    data: &[u8],
+    group_bytes: usize,
+    out: &mut [f32],
+    per_call: usize,
+    group: impl Fn(*const u8, *mut f32, usize, usize) + Sync,
+) {
     debug_assert_eq!(data.len(), n.div_ceil(GROUP_COLS) * group_bytes);
     let out_ptr = SyncPtr(out.as_mut_ptr());
-    let one = |g: usize| {
-        // SAFETY: group g's bytes are within `data`, and its columns of every output row belong to
-        // this call of `group` alone.
-        let (chunks, first) = unsafe { (data.as_ptr().add(g * group_bytes), out_ptr.get().add(g * GROUP_COLS)) };
-        group(chunks, first, GROUP_COLS.min(n - g * GROUP_COLS))
-    };
     let groups = n.div_ceil(GROUP_COLS);
-    if groups == 1 {
+    let one = |c: usize| {
+        let g = c * per_call;
+        let in_call = per_call.min(groups - g);
+        // SAFETY: the call's groups' bytes are within `data`, and their columns of every output
+        // row belong to this call of `group` alone.
+        let (chunks, first) = unsafe { (data.as_ptr().add(g * group_bytes), out_ptr.get().add(g * GROUP_COLS)) };
+        group(chunks, first, (in_call * GROUP_COLS).min(n - g * GROUP_COLS), in_call)
+    };
+    let calls = groups.div_ceil(per_call);
+    if calls == 1 {
         one(0);
     } else {
-        candle_core::utils::barrier_pool().execute_chunked(groups, |range| range.for_each(&one));
+        candle_core::utils::barrier_pool().execute_chunked(calls, |range| range.for_each(&one));
+    }
+}
+
+/// Groups per call of a kernel on `path`: two for the 512-bit one, one otherwise.
+fn groups_per_call(path: SimdPath) -> usize {
+    if path == SimdPath::Avx512Zmm {
+        2
+    } else {
+        1
     }
 }
 
@@ -176,15 +202,18 @@ impl PackedQ4K {
     pub fn matmul_quantized_on(&self, path: SimdPath, acts: &QuantizedActs, out: &mut [f32]) -> Result<()> {
         check_call(self.n, self.k, path, acts, out)?;
         let (n, nsb) = (self.n, self.k / 256);
-        for_each_group(n, &self.data, nsb * UNIT, out, |p, o, cols| {
-            // SAFETY: `p` is one group's nsb units, `o` its first output column.
+        let gb = nsb * UNIT;
+        for_each_group(n, &self.data, gb, out, groups_per_call(path), |p, o, cols, groups| {
+            // SAFETY: `p` is the call's `groups` groups of nsb units, `o` its first output column.
             unsafe {
                 match path {
                     SimdPath::Scalar => scalar_group(p, nsb, acts, o, n, cols),
                     #[cfg(target_arch = "x86_64")]
-                    SimdPath::Avx2 => avx2::group(p, nsb, acts, o, n, cols),
+                    SimdPath::Avx2 => avx2::q4k(p, gb, nsb, acts, o, n, cols),
                     #[cfg(target_arch = "x86_64")]
-                    SimdPath::Avx512Vnni => vnni::group(p, nsb, acts, o, n, cols),
+                    SimdPath::Avx512Zmm if groups == 2 => zmm::q4k(p, gb, nsb, acts, o, n, cols),
+                    #[cfg(target_arch = "x86_64")]
+                    SimdPath::Avx512Vnni | SimdPath::Avx512Zmm => vnni::q4k(p, gb, nsb, acts, o, n, cols),
                     #[cfg(not(target_arch = "x86_64"))]
                     _ => unreachable!("checked by is_available"),
                 }
@@ -228,30 +257,6 @@ unsafe fn scalar_group(p: *const u8, nsb: usize, acts: &QuantizedActs, out: *mut
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn dot_acc_avx2(
-    acc: core::arch::x86_64::__m256i,
-    u: core::arch::x86_64::__m256i,
-    s: core::arch::x86_64::__m256i,
-) -> core::arch::x86_64::__m256i {
-    use core::arch::x86_64::*;
-    // Nibbles (≤ 15) × i8 pairs fit i16; then pairs to i32.
-    _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-#[inline]
-unsafe fn dot_acc_vnni(
-    acc: core::arch::x86_64::__m256i,
-    u: core::arch::x86_64::__m256i,
-    s: core::arch::x86_64::__m256i,
-) -> core::arch::x86_64::__m256i {
-    core::arch::x86_64::_mm256_dpbusd_epi32(acc, u, s)
-}
-
 /// Units ahead of the one being read that the kernels prefetch. With many activation rows the
 /// kernels spend long enough on each unit that the hardware prefetcher falls behind and the
 /// weight stream stops overlapping the arithmetic (8 rows of a 8960x1536 Q4_K weight: 470 µs
@@ -277,30 +282,13 @@ fn prefetch_ahead(unit: *const u8, bytes: usize) {
     }
 }
 
-/// `h(v)` lane by lane: `((v_0 + v_4) + (v_2 + v_6)) + ((v_1 + v_5) + (v_3 + v_7))`, the
-/// reduction of `qmatmul`'s eight per-block lanes (`hsum8`), here one vector per lane.
+/// Prefetches the `bytes` [`PREFETCH_UNITS`] units ahead of `unit` in each of the call's groups.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-#[inline]
-unsafe fn hsum8_lanes(v: &[core::arch::x86_64::__m256; 8]) -> core::arch::x86_64::__m256 {
-    use core::arch::x86_64::*;
-    _mm256_add_ps(
-        _mm256_add_ps(_mm256_add_ps(v[0], v[4]), _mm256_add_ps(v[2], v[6])),
-        _mm256_add_ps(_mm256_add_ps(v[1], v[5]), _mm256_add_ps(v[3], v[7])),
-    )
-}
-
-/// Stores the first `cols` lanes of `y` (one group's columns of one output row) at `out`.
-///
-/// # Safety
-/// `out` is valid for `cols` (≤ 8) writes.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-#[inline]
-unsafe fn store_cols(y: core::arch::x86_64::__m256, out: *mut f32, cols: usize) {
-    let mut ys = [0f32; GROUP_COLS];
-    core::arch::x86_64::_mm256_storeu_ps(ys.as_mut_ptr(), y);
-    std::ptr::copy_nonoverlapping(ys.as_ptr(), out, cols);
+#[inline(always)]
+fn prefetch_groups<V: Lanes>(unit: *const u8, gb: usize, bytes: usize) {
+    for g in 0..V::GROUPS {
+        prefetch_ahead(unit.wrapping_add(g * gb), bytes);
+    }
 }
 
 /// Runs `$rows::<R>(args.., r0)` over the activation rows `0..$m` in tiles of at most `$max_r`.
@@ -326,89 +314,62 @@ macro_rules! row_tiles {
     }};
 }
 
-/// The x86 kernels, per path: `$dot_acc` the accumulating u8 × i8 dot product and `$max_rows` the
-/// activation rows per register tile.
+/// Q4_K, rows `r0..r0 + R` against the call's groups' `nsb` units (`gb`: one group's bytes), in
+/// `V`'s lanes (see `crate::lanes`).
 #[cfg(target_arch = "x86_64")]
-macro_rules! packed_path {
-    ($name:ident, $features:literal, $dot_acc:ident, $max_rows:literal) => {
-        mod $name {
-            use super::*;
-            use core::arch::x86_64::*;
-
-            const MAX_R: usize = $max_rows;
-
-            /// Rows r0..r0+R against one group's `nsb` units.
-            #[target_feature(enable = $features)]
-            unsafe fn rows<const R: usize>(
-                p: *const u8,
-                nsb: usize,
-                acts: &QuantizedActs,
-                out: *mut f32,
-                n: usize,
-                cols: usize,
-                r0: usize,
-            ) {
-                let mut acc = [_mm256_setzero_ps(); R];
-                let mask = _mm256_set1_epi8(0x0f);
-                let (qs, ad, asum) = (acts.qs.as_ptr(), acts.d.as_ptr(), acts.sa.as_ptr());
-                for sb in 0..nsb {
-                    let u = p.add(sb * UNIT);
-                    if acts.m >= PREFETCH_MIN_ROWS {
-                        prefetch_ahead(u, UNIT);
-                    }
-                    let d = _mm256_cvtph_ps(_mm_loadu_si128(u as *const __m128i));
-                    let dmin = _mm256_cvtph_ps(_mm_loadu_si128(u.add(16) as *const __m128i));
-                    for j in 0..8 {
-                        let sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(u.add(SC + 8 * j) as *const __m128i)));
-                        let mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(u.add(MN + 8 * j) as *const __m128i)));
-                        let dw = _mm256_mul_ps(d, sc);
-                        let mw = _mm256_mul_ps(dmin, mn);
-                        // Sub-block j's values for the eight columns, unpacked once for all rows.
-                        let q = u.add(QS + 256 * (j / 2));
-                        let mut wv = [_mm256_setzero_si256(); 8];
-                        for (g, wv) in wv.iter_mut().enumerate() {
-                            let raw = _mm256_loadu_si256(q.add(32 * g) as *const __m256i);
-                            *wv =
-                                if j % 2 == 0 { _mm256_and_si256(raw, mask) } else { _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask) };
-                        }
-                        for (r, acc) in acc.iter_mut().enumerate() {
-                            let b = (r0 + r) * acts.nbp + sb * 8 + j;
-                            let a = qs.add(b * QK);
-                            // Four activation bytes to every lane: lane c gets column c's sum. Two
-                            // chains halve the dependency on the dot product's latency (integer
-                            // sums: the order does not change the result).
-                            let a4 = |g: usize| _mm256_set1_epi32(std::ptr::read_unaligned(a.add(4 * g) as *const i32));
-                            let (mut even, mut odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-                            for g in (0..8).step_by(2) {
-                                even = $dot_acc(even, wv[g], a4(g));
-                                odd = $dot_acc(odd, wv[g + 1], a4(g + 1));
-                            }
-                            let isum = _mm256_add_epi32(even, odd);
-                            let da = _mm256_set1_ps(*ad.add(b));
-                            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, da), *acc);
-                            *acc = _mm256_fnmadd_ps(mw, _mm256_set1_ps(*asum.add(b)), *acc);
-                        }
-                    }
-                }
-                for (r, acc) in acc.iter().enumerate() {
-                    store_cols(*acc, out.add((r0 + r) * n), cols);
-                }
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn q4k_rows<V: Lanes, const R: usize>(
+    p: *const u8,
+    gb: usize,
+    nsb: usize,
+    acts: &QuantizedActs,
+    out: *mut f32,
+    n: usize,
+    cols: usize,
+    r0: usize,
+) {
+    let mut acc = [V::zero_f(); R];
+    let mask = V::splat_i8(0x0f);
+    let (qs, ad, asum) = (acts.qs.as_ptr() as *const u8, acts.d.as_ptr(), acts.sa.as_ptr());
+    for sb in 0..nsb {
+        let u = p.add(sb * UNIT);
+        if acts.m >= PREFETCH_MIN_ROWS {
+            prefetch_groups::<V>(u, gb, UNIT);
+        }
+        let d = V::load_f16(u, gb);
+        let dmin = V::load_f16(u.add(16), gb);
+        for j in 0..8 {
+            let dw = V::mul(d, V::cvt(V::load_u8(u.add(SC + 8 * j), gb)));
+            let mw = V::mul(dmin, V::cvt(V::load_u8(u.add(MN + 8 * j), gb)));
+            // Sub-block j's values for the call's columns, unpacked once for all rows.
+            let q = u.add(QS + 256 * (j / 2));
+            let mut wv = [V::zero_i(); 8];
+            for (g, wv) in wv.iter_mut().enumerate() {
+                let raw = V::load(q.add(32 * g), gb);
+                *wv = if j % 2 == 0 { V::and(raw, mask) } else { V::and(V::srli4(raw), mask) };
             }
-
-            /// # Safety
-            /// As `scalar_group`; the CPU has this path's features.
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn group(p: *const u8, nsb: usize, acts: &QuantizedActs, out: *mut f32, n: usize, cols: usize) {
-                row_tiles!(MAX_R, acts.m, rows(p, nsb, acts, out, n, cols))
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let b = (r0 + r) * acts.nbp + sb * 8 + j;
+                let a = qs.add(b * QK);
+                // Four activation bytes to every lane: lane c gets column c's sum. Two chains
+                // halve the dependency on the dot product's latency (integer sums: the order
+                // does not change the result).
+                let (mut even, mut odd) = (V::zero_i(), V::zero_i());
+                for g in (0..8).step_by(2) {
+                    even = V::dot(even, wv[g], V::bcast4(a.add(4 * g)));
+                    odd = V::dot(odd, wv[g + 1], V::bcast4(a.add(4 * g + 4)));
+                }
+                let da = V::splat_f(*ad.add(b));
+                *acc = V::fmadd(V::cvt(V::add_i(even, odd)), V::mul(dw, da), *acc);
+                *acc = V::fnmadd(mw, V::splat_f(*asum.add(b)), *acc);
             }
         }
-    };
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        V::store(*acc, out.add((r0 + r) * n), cols);
+    }
 }
-
-#[cfg(target_arch = "x86_64")]
-packed_path!(avx2, "avx2,fma,f16c", dot_acc_avx2, 4);
-#[cfg(target_arch = "x86_64")]
-packed_path!(vnni, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", dot_acc_vnni, 8);
 
 /// Activation rows from which a Q6_K weight runs packed ([`PackedWeight::serves`]). Below it
 /// the ggml-layout kernel in `qmatmul` is faster: one row is bound by memory, and that layout
@@ -495,15 +456,18 @@ impl PackedQ6K {
         // The activations as unsigned bytes a + 128, for the u8 × i8 products.
         let au: Vec<u8> = if path == SimdPath::Scalar { Vec::new() } else { acts.qs.iter().map(|&q| q as u8 ^ 0x80).collect() };
         let (n, nsb) = (self.n, self.k / 256);
-        for_each_group(n, &self.data, 8 * nsb * Q6K_CHUNK, out, |p, o, cols| {
-            // SAFETY: `p` is one group's 8 · nsb chunks, `o` its first output column.
+        let gb = 8 * nsb * Q6K_CHUNK;
+        for_each_group(n, &self.data, gb, out, groups_per_call(path), |p, o, cols, groups| {
+            // SAFETY: `p` is the call's `groups` groups of 8 · nsb chunks, `o` its first output column.
             unsafe {
                 match path {
                     SimdPath::Scalar => scalar_group_q6k(p, nsb, acts, o, n, cols),
                     #[cfg(target_arch = "x86_64")]
-                    SimdPath::Avx2 => avx2_q6k::group(p, nsb, &au, acts, o, n, cols),
+                    SimdPath::Avx2 => avx2::q6k(p, gb, nsb, &au, acts, o, n, cols),
                     #[cfg(target_arch = "x86_64")]
-                    SimdPath::Avx512Vnni => vnni_q6k::group(p, nsb, &au, acts, o, n, cols),
+                    SimdPath::Avx512Zmm if groups == 2 => zmm::q6k(p, gb, nsb, &au, acts, o, n, cols),
+                    #[cfg(target_arch = "x86_64")]
+                    SimdPath::Avx512Vnni | SimdPath::Avx512Zmm => vnni::q6k(p, gb, nsb, &au, acts, o, n, cols),
                     #[cfg(not(target_arch = "x86_64"))]
                     _ => unreachable!("checked by is_available"),
                 }
@@ -541,121 +505,53 @@ unsafe fn scalar_group_q6k(p: *const u8, nsb: usize, acts: &QuantizedActs, out: 
     }
 }
 
-/// One 16-value half on AVX2: `sc · Σ (a + 128)(q − 32)` per column, `sc16` the scales as i16
-/// pairs (`maddubs` pairs stay within i16: 2 · 255 · 32).
+/// Q6_K, rows `r0..r0 + R` against the call's groups' chunks (`gb`: one group's bytes), in `V`'s
+/// lanes; `au` holds the activations plus 128.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn q6k_half_avx2(
-    w: &[core::arch::x86_64::__m256i],
-    a: *const u8,
-    _sc: core::arch::x86_64::__m256i,
-    sc16: core::arch::x86_64::__m256i,
-) -> core::arch::x86_64::__m256i {
-    use core::arch::x86_64::*;
-    let a4 = |g: usize| _mm256_set1_epi32(std::ptr::read_unaligned(a.add(4 * g) as *const i32));
-    let p = |g: usize| _mm256_madd_epi16(_mm256_maddubs_epi16(a4(g), w[g]), sc16);
-    _mm256_add_epi32(_mm256_add_epi32(p(0), p(1)), _mm256_add_epi32(p(2), p(3)))
-}
-
-/// One 16-value half on AVX-512 VNNI: four `vpdpbusd`, then one multiply by the scales.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-#[inline]
-unsafe fn q6k_half_vnni(
-    w: &[core::arch::x86_64::__m256i],
-    a: *const u8,
-    sc: core::arch::x86_64::__m256i,
-    _sc16: core::arch::x86_64::__m256i,
-) -> core::arch::x86_64::__m256i {
-    use core::arch::x86_64::*;
-    let a4 = |g: usize| _mm256_set1_epi32(std::ptr::read_unaligned(a.add(4 * g) as *const i32));
-    let mut s = _mm256_setzero_si256();
-    for (g, &w) in w.iter().enumerate().take(4) {
-        s = _mm256_dpbusd_epi32(s, a4(g), w);
-    }
-    _mm256_mullo_epi32(s, sc)
-}
-
-/// The packed Q6_K kernels, per path: `$half` one half's scaled sum, `$max_rows` the activation
-/// rows per register tile.
-#[cfg(target_arch = "x86_64")]
-macro_rules! packed_q6k_path {
-    ($name:ident, $features:literal, $half:ident, $max_rows:literal) => {
-        mod $name {
-            use super::*;
-            use core::arch::x86_64::*;
-
-            const MAX_R: usize = $max_rows;
-
-            /// Rows r0..r0+R against one group's chunks.
-            #[target_feature(enable = $features)]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn rows<const R: usize>(
-                p: *const u8,
-                nsb: usize,
-                au: &[u8],
-                acts: &QuantizedActs,
-                out: *mut f32,
-                n: usize,
-                cols: usize,
-                r0: usize,
-            ) {
-                let mut parts = [[_mm256_setzero_ps(); 8]; R];
-                let low16 = _mm256_set1_epi32(0xffff);
-                for j in 0..8 {
-                    let mut acc = [_mm256_setzero_ps(); R];
-                    for sb in 0..nsb {
-                        let ch = p.add((j * nsb + sb) * Q6K_CHUNK);
-                        if acts.m >= PREFETCH_MIN_ROWS {
-                            prefetch_ahead(ch, Q6K_CHUNK);
-                        }
-                        let mut w = [_mm256_setzero_si256(); 8];
-                        for (g, w) in w.iter_mut().enumerate() {
-                            *w = _mm256_loadu_si256(ch.add(32 * g) as *const __m256i);
-                        }
-                        let sc = |h: usize| _mm256_cvtepi8_epi32(_mm_loadl_epi64(ch.add(Q6K_SC + 8 * h) as *const __m128i));
-                        let (sc0, sc1) = (sc(0), sc(1));
-                        // The same scales as i16 pairs (for `madd`).
-                        let pairs = |s: __m256i| _mm256_or_si256(_mm256_and_si256(s, low16), _mm256_slli_epi32::<16>(s));
-                        let (sc0p, sc1p) = (pairs(sc0), pairs(sc1));
-                        let corr = _mm256_loadu_si256(ch.add(Q6K_CORR) as *const __m256i);
-                        let d = _mm256_cvtph_ps(_mm_loadu_si128(ch.add(Q6K_D) as *const __m128i));
-                        for (r, acc) in acc.iter_mut().enumerate() {
-                            let b = (r0 + r) * acts.nbp + sb * 8 + j;
-                            let a = au.as_ptr().add(b * QK);
-                            let s = _mm256_add_epi32(
-                                _mm256_add_epi32($half(&w[..4], a, sc0, sc0p), $half(&w[4..], a.add(16), sc1, sc1p)),
-                                corr,
-                            );
-                            let da = _mm256_set1_ps(*acts.d.get_unchecked(b));
-                            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, da), *acc);
-                        }
-                    }
-                    for (part, acc) in parts.iter_mut().zip(acc) {
-                        part[j] = acc;
-                    }
-                }
-                for (r, v) in parts.iter().enumerate() {
-                    store_cols(hsum8_lanes(v), out.add((r0 + r) * n), cols);
-                }
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn q6k_rows<V: Lanes, const R: usize>(
+    p: *const u8,
+    gb: usize,
+    nsb: usize,
+    au: &[u8],
+    acts: &QuantizedActs,
+    out: *mut f32,
+    n: usize,
+    cols: usize,
+    r0: usize,
+) {
+    let mut parts = [[V::zero_f(); 8]; R];
+    for j in 0..8 {
+        let mut acc = [V::zero_f(); R];
+        for sb in 0..nsb {
+            let ch = p.add((j * nsb + sb) * Q6K_CHUNK);
+            if acts.m >= PREFETCH_MIN_ROWS {
+                prefetch_groups::<V>(ch, gb, Q6K_CHUNK);
             }
-
-            /// # Safety
-            /// As `scalar_group_q6k`; `au` holds the activations plus 128; the CPU has this
-            /// path's features.
-            #[target_feature(enable = $features)]
-            pub(super) unsafe fn group(p: *const u8, nsb: usize, au: &[u8], acts: &QuantizedActs, out: *mut f32, n: usize, cols: usize) {
-                row_tiles!(MAX_R, acts.m, rows(p, nsb, au, acts, out, n, cols))
+            let mut w = [V::zero_i(); 8];
+            for (g, w) in w.iter_mut().enumerate() {
+                *w = V::load(ch.add(32 * g), gb);
+            }
+            let (sc0, sc1) = (V::q6k_scales(V::load_i8(ch.add(Q6K_SC), gb)), V::q6k_scales(V::load_i8(ch.add(Q6K_SC + 8), gb)));
+            let corr = V::load(ch.add(Q6K_CORR), gb);
+            let d = V::load_f16(ch.add(Q6K_D), gb);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let b = (r0 + r) * acts.nbp + sb * 8 + j;
+                let a = au.as_ptr().add(b * QK);
+                let s = V::add_i(V::add_i(V::q6k_half(&w[..4], a, sc0), V::q6k_half(&w[4..], a.add(16), sc1)), corr);
+                let da = V::splat_f(*acts.d.get_unchecked(b));
+                *acc = V::fmadd(V::cvt(s), V::mul(d, da), *acc);
             }
         }
-    };
+        for (part, acc) in parts.iter_mut().zip(acc) {
+            part[j] = acc;
+        }
+    }
+    for (r, v) in parts.iter().enumerate() {
+        V::store(hsum8_lanes::<V>(v), out.add((r0 + r) * n), cols);
+    }
 }
-
-#[cfg(target_arch = "x86_64")]
-packed_q6k_path!(avx2_q6k, "avx2,fma,f16c", q6k_half_avx2, 4);
-#[cfg(target_arch = "x86_64")]
-packed_q6k_path!(vnni_q6k, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", q6k_half_vnni, 8);
 
 /// A 32-value block type in the interleaved layout of [`PackedBlocks`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -764,15 +660,18 @@ impl PackedBlocks {
     pub fn matmul_quantized_on(&self, path: SimdPath, acts: &QuantizedActs, out: &mut [f32]) -> Result<()> {
         check_call(self.n, self.k, path, acts, out)?;
         let (n, nb, format) = (self.n, self.k / QK, self.format);
-        for_each_group(n, &self.data, nb * format.chunk(), out, |p, o, cols| {
-            // SAFETY: `p` is one group's nb chunks, `o` its first output column.
+        let gb = nb * format.chunk();
+        for_each_group(n, &self.data, gb, out, groups_per_call(path), |p, o, cols, groups| {
+            // SAFETY: `p` is the call's `groups` groups of nb chunks, `o` its first output column.
             unsafe {
                 match path {
                     SimdPath::Scalar => scalar_group_blocks(format, p, nb, acts, o, n, cols),
                     #[cfg(target_arch = "x86_64")]
-                    SimdPath::Avx2 => avx2_blocks::group(format, p, nb, acts, o, n, cols),
+                    SimdPath::Avx2 => avx2::blocks(format, p, gb, nb, acts, o, n, cols),
                     #[cfg(target_arch = "x86_64")]
-                    SimdPath::Avx512Vnni => vnni_blocks::group(format, p, nb, acts, o, n, cols),
+                    SimdPath::Avx512Zmm if groups == 2 => zmm::blocks(format, p, gb, nb, acts, o, n, cols),
+                    #[cfg(target_arch = "x86_64")]
+                    SimdPath::Avx512Vnni | SimdPath::Avx512Zmm => vnni::blocks(format, p, gb, nb, acts, o, n, cols),
                     #[cfg(not(target_arch = "x86_64"))]
                     _ => unreachable!("checked by is_available"),
                 }
@@ -829,22 +728,139 @@ const Q80_CHUNK: usize = BlockFormat::Q80.chunk();
 #[cfg(target_arch = "x86_64")]
 const Q80_D: usize = BlockFormat::Q80.values();
 
-/// The packed Q4_1 and Q8_0 kernels, per path: `$dot_acc` the accumulating u8 × i8 dot product
-/// and `$max_rows` the activation rows per register tile.
+/// Q4_1 (`Q41`) or Q8_0, rows `r0..r0 + R` against the call's groups' `nb` chunks (`gb`: one
+/// group's bytes), in `V`'s lanes.
 #[cfg(target_arch = "x86_64")]
-macro_rules! packed_blocks_path {
-    ($name:ident, $features:literal, $dot_acc:ident, $max_rows:literal) => {
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn blocks_rows<V: Lanes, const R: usize, const Q41: bool>(
+    p: *const u8,
+    gb: usize,
+    nb: usize,
+    acts: &QuantizedActs,
+    out: *mut f32,
+    n: usize,
+    cols: usize,
+    r0: usize,
+) {
+    let (chunk_bytes, d_at) = if Q41 { (Q41_CHUNK, Q41_D) } else { (Q80_CHUNK, Q80_D) };
+    // The activation bytes each unsigned weight vector `u[q]` meets: Q4_1's low nibbles are
+    // values 0..16 and its high ones 16..32.
+    let at: [usize; 8] = if Q41 { [0, 16, 4, 20, 8, 24, 12, 28] } else { [0, 4, 8, 12, 16, 20, 24, 28] };
+    let mut parts = [[V::zero_f(); 8]; R];
+    let mut min_parts = [[V::zero_f(); 8]; R];
+    let mask = V::splat_i8(0x0f);
+    let (qs, ad, asum) = (acts.qs.as_ptr() as *const u8, acts.d.as_ptr(), acts.sa.as_ptr());
+    for j in 0..8.min(nb) {
+        let (mut acc, mut mins) = ([V::zero_f(); R], [V::zero_f(); R]);
+        let first = lane_start(nb, j);
+        for t in 0..lane_start(nb, j + 1) - first {
+            let ch = p.add((first + t) * chunk_bytes);
+            if acts.m >= PREFETCH_MIN_ROWS {
+                prefetch_groups::<V>(ch, gb, chunk_bytes);
+            }
+            // `u`: the unsigned operands; `w`: Q8_0's signed values, whose signs go onto the
+            // activations.
+            let (mut u, mut w) = ([V::zero_i(); 8], [V::zero_i(); 8]);
+            for q in 0..if Q41 { 4 } else { 8 } {
+                let raw = V::load(ch.add(32 * q), gb);
+                if Q41 {
+                    u[2 * q] = V::and(raw, mask);
+                    u[2 * q + 1] = V::and(V::srli4(raw), mask);
+                } else {
+                    w[q] = raw;
+                    u[q] = V::abs8(raw);
+                }
+            }
+            let dw = V::load_f16(ch.add(d_at), gb);
+            let mw = if Q41 { V::load_f16(ch.add(Q41_M), gb) } else { dw };
+            let b = 8 * t + j;
+            for r in 0..R {
+                let i = (r0 + r) * acts.nbp + b;
+                let a = qs.add(i * QK);
+                let a4 = |q: usize| {
+                    let a4 = V::bcast4(a.add(at[q]));
+                    if Q41 {
+                        a4
+                    } else {
+                        V::sign8(a4, w[q])
+                    }
+                };
+                // Two chains halve the dependency on the dot product's latency (integer sums:
+                // the order does not change the result).
+                let (mut even, mut odd) = (V::zero_i(), V::zero_i());
+                for q in (0..8).step_by(2) {
+                    even = V::dot(even, u[q], a4(q));
+                    odd = V::dot(odd, u[q + 1], a4(q + 1));
+                }
+                acc[r] = V::fmadd(V::cvt(V::add_i(even, odd)), V::mul(dw, V::splat_f(*ad.add(i))), acc[r]);
+                if Q41 {
+                    mins[r] = V::fmadd(mw, V::splat_f(*asum.add(i)), mins[r]);
+                }
+            }
+        }
+        for r in 0..R {
+            parts[r][j] = acc[r];
+            min_parts[r][j] = mins[r];
+        }
+    }
+    for r in 0..R {
+        let y = if Q41 { V::add_f(hsum8_lanes::<V>(&parts[r]), hsum8_lanes::<V>(&min_parts[r])) } else { hsum8_lanes::<V>(&parts[r]) };
+        V::store(y, out.add((r0 + r) * n), cols);
+    }
+}
+
+/// One path's kernel entry points: the generic kernels above compiled with `$features` in the
+/// lanes `$lanes`, in tiles of up to `$max_rows` activation rows.
+///
+/// # Safety (of every entry point)
+/// `p` points at the call's groups (`gb` bytes each; two for 512-bit lanes), `out` at their
+/// first column of an `(acts.m, n)` output, `cols` of whose columns are theirs; the CPU has the
+/// path's features.
+#[cfg(target_arch = "x86_64")]
+macro_rules! path_kernels {
+    ($name:ident, $features:literal, $lanes:ty, $max_rows:literal) => {
         mod $name {
             use super::*;
-            use core::arch::x86_64::*;
 
             const MAX_R: usize = $max_rows;
 
-            /// Rows r0..r0+R against one group's chunks, Q4_1 (`Q41`) or Q8_0.
             #[target_feature(enable = $features)]
             #[allow(clippy::too_many_arguments)]
-            unsafe fn rows<const R: usize, const Q41: bool>(
+            unsafe fn q4k_tile<const R: usize>(
                 p: *const u8,
+                gb: usize,
+                nsb: usize,
+                acts: &QuantizedActs,
+                out: *mut f32,
+                n: usize,
+                cols: usize,
+                r0: usize,
+            ) {
+                q4k_rows::<$lanes, R>(p, gb, nsb, acts, out, n, cols, r0)
+            }
+
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn q6k_tile<const R: usize>(
+                p: *const u8,
+                gb: usize,
+                nsb: usize,
+                au: &[u8],
+                acts: &QuantizedActs,
+                out: *mut f32,
+                n: usize,
+                cols: usize,
+                r0: usize,
+            ) {
+                q6k_rows::<$lanes, R>(p, gb, nsb, au, acts, out, n, cols, r0)
+            }
+
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn q41_tile<const R: usize>(
+                p: *const u8,
+                gb: usize,
                 nb: usize,
                 acts: &QuantizedActs,
                 out: *mut f32,
@@ -852,77 +868,14 @@ macro_rules! packed_blocks_path {
                 cols: usize,
                 r0: usize,
             ) {
-                let (chunk_bytes, d_at) = if Q41 { (Q41_CHUNK, Q41_D) } else { (Q80_CHUNK, Q80_D) };
-                // The activation bytes each unsigned weight vector `u[q]` meets: Q4_1's low
-                // nibbles are values 0..16 and its high ones 16..32.
-                let at: [usize; 8] = if Q41 { [0, 16, 4, 20, 8, 24, 12, 28] } else { [0, 4, 8, 12, 16, 20, 24, 28] };
-                let mut parts = [[_mm256_setzero_ps(); 8]; R];
-                let mut min_parts = [[_mm256_setzero_ps(); 8]; R];
-                let mask = _mm256_set1_epi8(0x0f);
-                let (qs, ad, asum) = (acts.qs.as_ptr(), acts.d.as_ptr(), acts.sa.as_ptr());
-                for j in 0..8.min(nb) {
-                    let (mut acc, mut mins) = ([_mm256_setzero_ps(); R], [_mm256_setzero_ps(); R]);
-                    let first = lane_start(nb, j);
-                    for t in 0..lane_start(nb, j + 1) - first {
-                        let ch = p.add((first + t) * chunk_bytes);
-                        if acts.m >= PREFETCH_MIN_ROWS {
-                            prefetch_ahead(ch, chunk_bytes);
-                        }
-                        // `u`: the unsigned operands; `w`: Q8_0's signed values, whose signs go
-                        // onto the activations.
-                        let (mut u, mut w) = ([_mm256_setzero_si256(); 8], [_mm256_setzero_si256(); 8]);
-                        for q in 0..if Q41 { 4 } else { 8 } {
-                            let raw = _mm256_loadu_si256(ch.add(32 * q) as *const __m256i);
-                            if Q41 {
-                                u[2 * q] = _mm256_and_si256(raw, mask);
-                                u[2 * q + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), mask);
-                            } else {
-                                w[q] = raw;
-                                u[q] = _mm256_abs_epi8(raw);
-                            }
-                        }
-                        let dw = _mm256_cvtph_ps(_mm_loadu_si128(ch.add(d_at) as *const __m128i));
-                        let mw = if Q41 { _mm256_cvtph_ps(_mm_loadu_si128(ch.add(Q41_M) as *const __m128i)) } else { dw };
-                        let b = 8 * t + j;
-                        for r in 0..R {
-                            let i = (r0 + r) * acts.nbp + b;
-                            let a = qs.add(i * QK);
-                            let a4 = |q: usize| {
-                                let a4 = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(at[q]) as *const i32));
-                                if Q41 {
-                                    a4
-                                } else {
-                                    _mm256_sign_epi8(a4, w[q])
-                                }
-                            };
-                            // Two chains halve the dependency on the dot product's latency (integer
-                            // sums: the order does not change the result).
-                            let (mut even, mut odd) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-                            for q in (0..8).step_by(2) {
-                                even = $dot_acc(even, u[q], a4(q));
-                                odd = $dot_acc(odd, u[q + 1], a4(q + 1));
-                            }
-                            let isum = _mm256_cvtepi32_ps(_mm256_add_epi32(even, odd));
-                            acc[r] = _mm256_fmadd_ps(isum, _mm256_mul_ps(dw, _mm256_set1_ps(*ad.add(i))), acc[r]);
-                            if Q41 {
-                                mins[r] = _mm256_fmadd_ps(mw, _mm256_set1_ps(*asum.add(i)), mins[r]);
-                            }
-                        }
-                    }
-                    for r in 0..R {
-                        parts[r][j] = acc[r];
-                        min_parts[r][j] = mins[r];
-                    }
-                }
-                for r in 0..R {
-                    let y = if Q41 { _mm256_add_ps(hsum8_lanes(&parts[r]), hsum8_lanes(&min_parts[r])) } else { hsum8_lanes(&parts[r]) };
-                    store_cols(y, out.add((r0 + r) * n), cols);
-                }
+                blocks_rows::<$lanes, R, true>(p, gb, nb, acts, out, n, cols, r0)
             }
 
             #[target_feature(enable = $features)]
-            unsafe fn rows_q41<const R: usize>(
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn q80_tile<const R: usize>(
                 p: *const u8,
+                gb: usize,
                 nb: usize,
                 acts: &QuantizedActs,
                 out: *mut f32,
@@ -930,28 +883,35 @@ macro_rules! packed_blocks_path {
                 cols: usize,
                 r0: usize,
             ) {
-                rows::<R, true>(p, nb, acts, out, n, cols, r0)
+                blocks_rows::<$lanes, R, false>(p, gb, nb, acts, out, n, cols, r0)
             }
 
             #[target_feature(enable = $features)]
-            unsafe fn rows_q80<const R: usize>(
+            pub(super) unsafe fn q4k(p: *const u8, gb: usize, nsb: usize, acts: &QuantizedActs, out: *mut f32, n: usize, cols: usize) {
+                row_tiles!(MAX_R, acts.m, q4k_tile(p, gb, nsb, acts, out, n, cols))
+            }
+
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            pub(super) unsafe fn q6k(
                 p: *const u8,
-                nb: usize,
+                gb: usize,
+                nsb: usize,
+                au: &[u8],
                 acts: &QuantizedActs,
                 out: *mut f32,
                 n: usize,
                 cols: usize,
-                r0: usize,
             ) {
-                rows::<R, false>(p, nb, acts, out, n, cols, r0)
+                row_tiles!(MAX_R, acts.m, q6k_tile(p, gb, nsb, au, acts, out, n, cols))
             }
 
-            /// # Safety
-            /// As `scalar_group_blocks`; the CPU has this path's features.
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn group(
+            #[allow(clippy::too_many_arguments)]
+            pub(super) unsafe fn blocks(
                 format: BlockFormat,
                 p: *const u8,
+                gb: usize,
                 nb: usize,
                 acts: &QuantizedActs,
                 out: *mut f32,
@@ -959,8 +919,8 @@ macro_rules! packed_blocks_path {
                 cols: usize,
             ) {
                 match format {
-                    BlockFormat::Q41 => row_tiles!(MAX_R, acts.m, rows_q41(p, nb, acts, out, n, cols)),
-                    BlockFormat::Q80 => row_tiles!(MAX_R, acts.m, rows_q80(p, nb, acts, out, n, cols)),
+                    BlockFormat::Q41 => row_tiles!(MAX_R, acts.m, q41_tile(p, gb, nb, acts, out, n, cols)),
+                    BlockFormat::Q80 => row_tiles!(MAX_R, acts.m, q80_tile(p, gb, nb, acts, out, n, cols)),
                 }
             }
         }
@@ -968,6 +928,8 @@ macro_rules! packed_blocks_path {
 }
 
 #[cfg(target_arch = "x86_64")]
-packed_blocks_path!(avx2_blocks, "avx2,fma,f16c", dot_acc_avx2, 4);
+path_kernels!(avx2, "avx2,fma,f16c", Avx2Y, 4);
 #[cfg(target_arch = "x86_64")]
-packed_blocks_path!(vnni_blocks, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", dot_acc_vnni, 8);
+path_kernels!(vnni, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", VnniY, 8);
+#[cfg(target_arch = "x86_64")]
+path_kernels!(zmm, "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", VnniZ, 8);

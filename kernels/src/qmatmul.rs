@@ -16,15 +16,16 @@
 //!   `h(v) = ((v0+v4) + (v2+v6)) + ((v1+v5) + (v3+v7))`.
 //!
 //! The scalar path spells this out; the AVX2 path (`maddubs` + `madd`) and the AVX-512 VNNI path
-//! (`vpdpbusd` on 256-bit registers) produce the same integer sums and run the same float
-//! operations, so all three give identical bits (the tests check it on every path the machine
+//! (`vpdpbusd` on 256-bit registers; the packed kernels also on 512-bit ones, two groups of
+//! columns per register, path `avx512zmm`) produce the same integer sums and run the same float
+//! operations, so all of them give identical bits (the tests check it on every path the machine
 //! has). [`crate::packed::PackedQ6K`] gives the Q6_K kernel's bits in an interleaved layout, for
 //! calls of several rows. Work is split over output columns (weight rows) on candle's persistent
 //! CPU thread pool, one parallel region per product; each weight row is read from memory once,
 //! its blocks unpacked once per tile of up to 4 (AVX2) or 8 (AVX-512) activation rows.
 //!
 //! The path is picked at run time ([`selected_path`]): the best the CPU has, capped by the
-//! environment variable `DECODEBENCH_SIMD` (`scalar`, `avx2`, `avx512vnni`).
+//! environment variable `DECODEBENCH_SIMD` (`scalar`, `avx2`, `avx512vnni`, `avx512zmm`).
 
 use std::sync::OnceLock;
 
@@ -119,16 +120,21 @@ pub enum SimdPath {
     Avx2,
     /// AVX-512 VNNI with VL (and AVX2 + FMA + F16C): `vpdpbusd` on 256-bit registers.
     Avx512Vnni,
+    /// AVX-512 VNNI with BW as well: the packed kernels run `vpdpbusd` on 512-bit registers,
+    /// two groups of eight columns per register (see `crate::lanes`); the kernels on ggml's
+    /// layout stay on 256-bit ones, as in [`Self::Avx512Vnni`].
+    Avx512Zmm,
 }
 
 impl SimdPath {
-    pub const ALL: [SimdPath; 3] = [SimdPath::Scalar, SimdPath::Avx2, SimdPath::Avx512Vnni];
+    pub const ALL: [SimdPath; 4] = [SimdPath::Scalar, SimdPath::Avx2, SimdPath::Avx512Vnni, SimdPath::Avx512Zmm];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Scalar => "scalar",
             Self::Avx2 => "avx2",
             Self::Avx512Vnni => "avx512vnni",
+            Self::Avx512Zmm => "avx512zmm",
         }
     }
 
@@ -149,6 +155,8 @@ impl SimdPath {
                     && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx512vnni")
             }
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512Zmm => Self::Avx512Vnni.is_available() && is_x86_feature_detected!("avx512bw"),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -168,7 +176,7 @@ pub fn selected_path() -> SimdPath {
         match std::env::var(SIMD_ENV).ok().as_deref().map(SimdPath::parse) {
             Some(Some(cap)) => best.min(cap),
             Some(None) => {
-                eprintln!("warning: {SIMD_ENV} must be one of scalar, avx2, avx512vnni; using {}", best.name());
+                eprintln!("warning: {SIMD_ENV} must be one of scalar, avx2, avx512vnni, avx512zmm; using {}", best.name());
                 best
             }
             None => best,
@@ -335,7 +343,7 @@ pub fn matmul_quantized_on(
                     #[cfg(target_arch = "x86_64")]
                     SimdPath::Avx2 => avx2::tile(wt, wp, stride, nb, cols, acts, op, n),
                     #[cfg(target_arch = "x86_64")]
-                    SimdPath::Avx512Vnni => vnni::tile(wt, wp, stride, nb, cols, acts, op, n),
+                    SimdPath::Avx512Vnni | SimdPath::Avx512Zmm => vnni::tile(wt, wp, stride, nb, cols, acts, op, n),
                     #[cfg(not(target_arch = "x86_64"))]
                     _ => unreachable!("checked by is_available"),
                 }
