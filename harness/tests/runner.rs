@@ -174,10 +174,14 @@ fn shards_merge_into_the_unsharded_run() {
     let merged_cal = cal(&merged);
     let shards = merged_cal["shards"].as_array().unwrap();
     assert_eq!(shards.len(), 2, "{merged_cal}");
-    for (s, dir) in shards.iter().zip([&one, &two]) {
-        let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+    let json = |p: PathBuf| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let merged_meta = json(merged.join("meta.json"));
+    for (i, (s, dir)) in shards.iter().zip([&one, &two]).enumerate() {
+        let meta = json(dir.join("meta.json"));
         assert_eq!((&s["shard"], &s["questions"]), (&meta["shard"], &meta["questions"]));
         assert_eq!(s["models"], cal(dir)["models"]);
+        // Each shard's commit is kept (the report names them when they differ).
+        assert_eq!(merged_meta["merged_from"][i]["git_commit"], meta["git_commit"]);
     }
     assert_eq!(merged_cal["models"], cal(&one)["models"]);
 

@@ -59,7 +59,8 @@ pub fn report(dir: &Path, out: Option<&Path>) -> Result<ReportOutcome> {
     }
     if let Some(m) = &folder.meta {
         blocks.extend(sections::partial_notes(m));
-        let notes = sections::hardware_notes(m);
+        let mut notes = sections::hardware_notes(m);
+        notes.extend(sections::commit_notes(m));
         if !notes.is_empty() {
             blocks.push(page::Block::Notes { title: "Read with care:".into(), items: notes });
         }

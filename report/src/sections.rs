@@ -359,6 +359,22 @@ pub fn hardware_notes(m: &RunMeta) -> Vec<String> {
     notes
 }
 
+/// Shards that ran different commits: one line naming each shard's, empty when they agree
+/// (or none is recorded).
+pub fn commit_notes(m: &RunMeta) -> Vec<String> {
+    let short = |c: &Option<String>| c.as_deref().map_or("unknown".to_string(), |c| c.chars().take(7).collect());
+    let first = m.merged_from.first().map(|s| &s.git_commit);
+    if first.is_none_or(|f| m.merged_from.iter().all(|s| &s.git_commit == f)) {
+        return Vec::new();
+    }
+    let each: Vec<String> =
+        m.merged_from.iter().map(|s| format!("{} {}", s.shard.as_deref().unwrap_or(&s.dir), short(&s.git_commit))).collect();
+    vec![format!(
+        "The shards ran different commits ({}): a change of kernels or strategies between them moves their speedups, each paired within its own shard.",
+        each.join(", ")
+    )]
+}
+
 /// A partial merge's banner: which shards are missing or incomplete.
 pub fn partial_notes(m: &RunMeta) -> Option<Block> {
     (!m.partial.is_empty()).then(|| Block::Notes {
@@ -414,19 +430,21 @@ pub fn metadata(f: &Folder) -> Vec<Block> {
     if !m.merged_from.is_empty() {
         out.push(Block::Heading(3, "Shards".into()));
         let notes = hardware_notes(m);
-        out.push(Block::Para(if notes.is_empty() {
-            format!("All {} shards ran on the same hardware.", m.merged_from.len())
-        } else {
-            notes.join(" ")
-        }));
+        let mut para =
+            if notes.is_empty() { format!("All {} shards ran on the same hardware.", m.merged_from.len()) } else { notes.join(" ") };
+        for note in commit_notes(m) {
+            para = format!("{para} {note}");
+        }
+        out.push(Block::Para(para));
         out.push(Block::Table(Table::new(
-            &["Shard", "Folder", "Hostname", "CPU", "Threads", "Device", "GPU", "Target features", "Started", "Ended"],
+            &["Shard", "Folder", "Commit", "Hostname", "CPU", "Threads", "Device", "GPU", "Target features", "Started", "Ended"],
             m.merged_from
                 .iter()
                 .map(|s| {
                     vec![
                         opt(&s.shard),
                         s.dir.clone(),
+                        opt(&s.git_commit),
                         s.machine.hostname.clone(),
                         s.machine.cpu.clone(),
                         s.machine.threads.to_string(),

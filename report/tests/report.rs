@@ -70,8 +70,9 @@ fn report_has_the_numbers_and_every_chart() {
         assert!(flag < headline);
         assert!(page[flag..headline].contains("gamma=8"));
         assert!(!page[flag..headline].contains("gamma=4,"), "a matching config is flagged");
-        // Shards on different hardware are said so.
+        // Shards on different hardware, and of different commits, are said so.
         assert!(page.contains("different hardware"));
+        assert!(page.contains("different commits (1/2 7a36a67, 2/2 b0b0b0b)"), "shards' commits not named");
         // Column glossary.
         assert!(page.contains("geometric mean") && page.contains("bootstrap over prompts"));
     }

@@ -185,6 +185,9 @@ pub struct ShardMeta {
     /// The shard's own [`RunMeta::earlier_machines`].
     #[serde(default)]
     pub earlier_machines: Vec<MachineMeta>,
+    /// The commit the shard ran (its [`RunMeta::git_commit`]).
+    #[serde(default)]
+    pub git_commit: Option<String>,
 }
 
 /// One model's forward-cost curve (`decodebench calibrate`).

@@ -759,6 +759,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path, allow_partial: bool) -> Result<RunOut
             started: m.started.clone(),
             ended: m.ended.clone(),
             earlier_machines: m.earlier_machines.clone(),
+            git_commit: m.git_commit.clone(),
         })
         .collect();
     meta.earlier_machines = Vec::new();

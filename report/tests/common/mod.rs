@@ -327,6 +327,7 @@ pub fn meta(host: &str) -> RunMeta {
                 started: "2026-01-01T00:00:00Z".into(),
                 ended: None,
                 earlier_machines: vec![],
+                git_commit: Some("7a36a67aaaabbbbccccdddd".into()),
             },
             ShardMeta {
                 dir: "s2".into(),
@@ -335,6 +336,7 @@ pub fn meta(host: &str) -> RunMeta {
                 started: "2026-01-01T00:00:00Z".into(),
                 ended: None,
                 earlier_machines: vec![],
+                git_commit: Some("b0b0b0b1111".into()),
             },
         ],
         earlier_machines: vec![],
