@@ -342,6 +342,8 @@ pub fn run(args: &RunArgs) -> Result<Option<RunOutcome>> {
     };
     let meta_path = out.join(META_FILE);
     let existing = records::read_records(&out)?;
+    // The resumed run's models, checked against this run's once they are loaded.
+    let mut resumed_models: Option<Vec<ModelMeta>> = None;
     if meta_path.exists() {
         if !args.resume {
             bail!("{} already holds a run: pass --resume to continue it, or --out another folder", out.display());
@@ -355,6 +357,7 @@ pub fn run(args: &RunArgs) -> Result<Option<RunOutcome>> {
             bail!("--resume: {} was started with another sweep ({why}); use another --out for the new one", out.display());
         }
         meta.started = old.started;
+        resumed_models = Some(old.models);
         // A resume on other hardware (a requeued task on another node type): kept, and said,
         // since units before and after the restart were timed on different machines.
         meta.earlier_machines = old.earlier_machines;
@@ -403,9 +406,8 @@ pub fn run(args: &RunArgs) -> Result<Option<RunOutcome>> {
         None => None,
     };
     meta.models = model_metas(&exp, &target, &target_src, draft.as_ref().zip(draft_src.as_ref()), heads_spec.as_deref())?;
-    if meta_path.exists() {
-        let old: RunMeta = records::read_json(&meta_path)?;
-        let changed = weights_changed(&old.models, &meta.models);
+    if let Some(before) = &resumed_models {
+        let changed = weights_changed(before, &meta.models);
         if !changed.is_empty() {
             bail!(
                 "--resume: {} was started with other weights ({}); use another --out for the new ones",
