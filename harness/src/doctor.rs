@@ -40,7 +40,8 @@ pub struct Report {
     pub compiled: Vec<String>,
     /// The path of the project's quantized matmul kernels on this CPU (`avx512zmm`,
     /// `avx512vnni`, `avx2`, `scalar`), and whether the models use them.
-    pub kernel_path: &'static str,
+    /// The SIMD path the kernels run, and why when it is not the best this CPU has.
+    pub kernel_path: String,
     pub bandwidth: Option<Bandwidth>,
     /// `None` when the build has no CUDA support.
     pub cuda: Option<CudaReport>,
@@ -91,7 +92,7 @@ impl Report {
             candle_threads: candle_core::utils::get_num_threads(),
             simd: simd_features(),
             compiled: compiled_target_features(),
-            kernel_path: decodebench_kernels::qmatmul::selected_path().name(),
+            kernel_path: kernel_path_line(),
             bandwidth: memory_bandwidth(bandwidth_bytes, available_threads, 3, Duration::from_millis(600)),
             cuda: probe_cuda(),
             models: crate::fetch::list_rows(),
@@ -168,7 +169,7 @@ impl fmt::Display for Report {
         writeln!(f, "compiled   {}", if self.compiled.is_empty() { "(not x86_64)".to_string() } else { self.compiled.join(" ") })?;
         writeln!(
             f,
-            "kernels    quantized matmul (Q4_1, Q8_0, Q4_K, Q6_K): {} path{}",
+            "kernels    quantized matmul (Q4_1, Q8_0, Q4_K, Q6_K): {}{}",
             self.kernel_path,
             if crate::models::transformer::own_kernels_default() { "" } else { " (off: DECODEBENCH_KERNELS=candle)" }
         )?;
@@ -468,4 +469,20 @@ mod tests {
         assert!(text.contains("devices    cpu, cuda:0"), "{text}");
         assert!(text.contains("memory     bandwidth not measured"), "{text}");
     }
+}
+
+/// The kernels' SIMD path, e.g. `avx512vnni path (avx512zmm too, not the default on AMD CPUs)`.
+pub fn kernel_path_line() -> String {
+    use decodebench_kernels::qmatmul::{available_paths, is_amd, selected_path, SIMD_ENV};
+    let (path, best) = (selected_path(), *available_paths().last().expect("scalar is always available"));
+    let why = if path == best {
+        String::new()
+    } else if std::env::var_os(SIMD_ENV).is_some() {
+        format!(" ({} too, capped by {SIMD_ENV})", best.name())
+    } else if is_amd() {
+        format!(" ({} too, not the default on AMD CPUs: slower there; {SIMD_ENV}={} forces it)", best.name(), best.name())
+    } else {
+        String::new()
+    };
+    format!("{} path{why}", path.name())
 }

@@ -314,6 +314,7 @@ fn machine_rows(m: &MachineMeta) -> Vec<Vec<String>> {
         vec!["GPU".into(), m.gpu.clone().unwrap_or_else(|| DASH.into())],
         vec!["Scheduler node".into(), m.node.clone().unwrap_or_else(|| DASH.into())],
         vec!["Weight conversions at load".into(), list(&m.conversions)],
+        vec!["CPU kernels".into(), m.kernel_path.clone().unwrap_or_else(|| DASH.into())],
     ]
 }
 
@@ -330,6 +331,10 @@ pub fn hardware_notes(m: &RunMeta) -> Vec<String> {
             ("threads", m.merged_from.iter().any(|s| s.machine.threads != first.threads)),
             ("device", m.merged_from.iter().any(|s| s.machine.device != first.device)),
             ("GPU", m.merged_from.iter().any(|s| s.machine.gpu != first.gpu)),
+            (
+                "CPU kernels",
+                m.merged_from.iter().any(|s| matches!((&s.machine.kernel_path, &first.kernel_path), (Some(a), Some(b)) if a != b)),
+            ),
         ]
         .into_iter()
         .filter(|(_, d)| *d)

@@ -118,6 +118,10 @@ pub struct MachineMeta {
     pub node: Option<String>,
     #[serde(default)]
     pub gpu: Option<String>,
+    /// The CPU kernels' SIMD path (`avx512vnni`, ...), with why when not the best the CPU has;
+    /// absent in runs from before it was recorded.
+    #[serde(default)]
+    pub kernel_path: Option<String>,
 }
 
 /// The run's metadata (`meta.json`).
@@ -172,6 +176,8 @@ impl MachineMeta {
             && self.threads == other.threads
             && self.device == other.device
             && self.gpu == other.gpu
+            // Unknown (older runs) matches anything.
+            && (self.kernel_path.is_none() || other.kernel_path.is_none() || self.kernel_path == other.kernel_path)
     }
 }
 

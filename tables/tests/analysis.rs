@@ -61,6 +61,7 @@ fn meta(configs: Vec<ConfigKey>) -> RunMeta {
             conversions: vec![],
             node: None,
             gpu: None,
+            kernel_path: None,
         },
         started: "2026-01-01T00:00:00Z".into(),
         ended: Some("2026-01-01T00:01:40Z".into()),

@@ -283,6 +283,7 @@ pub fn machine(host: &str, cpu: &str) -> MachineMeta {
         conversions: vec![],
         node: None,
         gpu: None,
+        kernel_path: Some("avx2 path".into()),
     }
 }
 
