@@ -61,6 +61,7 @@ pub fn report(dir: &Path, out: Option<&Path>) -> Result<ReportOutcome> {
         blocks.extend(sections::partial_notes(m));
         let mut notes = sections::hardware_notes(m);
         notes.extend(sections::commit_notes(m));
+        notes.extend(sections::calibration_notes(&folder));
         if !notes.is_empty() {
             blocks.push(page::Block::Notes { title: "Read with care:".into(), items: notes });
         }

@@ -43,6 +43,8 @@ pub struct TurnRow {
     pub config_id: String,
     pub strategy: String,
     pub config: String,
+    pub question_id: String,
+    pub new_tokens: Option<f64>,
     pub decode_s: Option<f64>,
     pub draft_s: Option<f64>,
     pub verify_s: Option<f64>,
@@ -92,6 +94,8 @@ pub struct Folder {
     pub turns: Vec<TurnRow>,
     pub acceptance: Vec<AcceptanceRow>,
     pub calibration: Vec<CalibrationRow>,
+    /// `calibration.json` as read: every shard's curves after a merge.
+    pub calibration_json: Option<Calibration>,
     pub tables: Vec<TableStatus>,
     pub meta: Option<RunMeta>,
     /// `meta.json` when it exists but is not a [`RunMeta`] (another version): shown raw.
@@ -331,6 +335,8 @@ fn turn_rows(df: &DataFrame, notes: &mut Vec<String>) -> Vec<TurnRow> {
     let config_id = c.str("config_id");
     let strategy = c.str("strategy");
     let config = c.str("config");
+    let question_id = c.str("question_id");
+    let new_tokens = c.f64("new_tokens");
     let decode = c.f64("decode_s");
     let draft = c.f64("draft_s");
     let verify = c.f64("verify_s");
@@ -340,6 +346,8 @@ fn turn_rows(df: &DataFrame, notes: &mut Vec<String>) -> Vec<TurnRow> {
             config_id: fallback_id(&config_id[i], &strategy[i], &config[i]),
             strategy: strategy[i].clone(),
             config: config[i].clone(),
+            question_id: question_id[i].clone(),
+            new_tokens: new_tokens[i],
             decode_s: decode[i],
             draft_s: draft[i],
             verify_s: verify[i],
@@ -436,6 +444,9 @@ fn read_calibration_json(dir: &Path, f: &mut Folder) {
     let parsed = std::fs::read_to_string(&path)
         .map_err(anyhow::Error::from)
         .and_then(|t| serde_json::from_str::<Calibration>(&t).map_err(anyhow::Error::from));
+    if let Ok(cal) = &parsed {
+        f.calibration_json = Some(cal.clone());
+    }
     match parsed {
         Ok(cal) if f.calibration.is_empty() => {
             for (role, curve) in &cal.models {

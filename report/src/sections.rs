@@ -366,6 +366,45 @@ pub fn hardware_notes(m: &RunMeta) -> Vec<String> {
 
 /// Shards that ran different commits: one line naming each shard's, empty when they agree
 /// (or none is recorded).
+/// How far a calibrated single-token forward may sit from what the greedy baseline measured per
+/// token (on shorter caches, so somewhat below) before the curve is called into doubt.
+const CALIBRATION_TOLERANCE: f64 = 1.3;
+
+/// Runs or shards whose calibrated single-token forward of the target is more than 30% off the
+/// median time per token of their own greedy turns: the machine was busy while it was
+/// calibrated, so the predictions priced by that curve (and what a cost-aware strategy chose by
+/// it) are off. One line each; empty when every curve agrees with its run.
+pub fn calibration_notes(f: &Folder) -> Vec<String> {
+    let Some(cal) = &f.calibration_json else { return vec![] };
+    let measured = |questions: Option<&[String]>| {
+        let mut ms: Vec<f64> = f
+            .turns
+            .iter()
+            .filter(|t| t.strategy == "greedy" && questions.is_none_or(|q| q.contains(&t.question_id)))
+            .filter_map(|t| Some(1e3 * t.decode_s? / (t.new_tokens.filter(|&n| n >= 16.0)? - 1.0)))
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        (!ms.is_empty()).then(|| (ms[ms.len() / 2], ms.len()))
+    };
+    let groups: Vec<(String, Option<&[String]>, &std::collections::BTreeMap<String, decodebench_tables::records::CostCurve>)> =
+        if cal.shards.is_empty() {
+            vec![("This run".into(), None, &cal.models)]
+        } else {
+            cal.shards.iter().map(|s| (format!("Shard {}", s.shard), Some(s.questions.as_slice()), &s.models)).collect()
+        };
+    let mut notes = Vec::new();
+    for (label, questions, models) in groups {
+        let Some(c1) = models.get("target").and_then(|c| c.forward_ms.get(&1)) else { continue };
+        let Some((ms, turns)) = measured(questions) else { continue };
+        if ms > 0.0 && !(1.0 / CALIBRATION_TOLERANCE..=CALIBRATION_TOLERANCE).contains(&(c1 / ms)) {
+            notes.push(format!(
+                "{label}'s calibration prices one target forward at {c1:.1} ms, but its greedy baseline took {ms:.1} ms per token (median of {turns} turns): the machine was likely busy while it was calibrated, so its predicted speedups are off, and a cost-aware strategy there sized its drafts by that wrong curve."
+            ));
+        }
+    }
+    notes
+}
+
 pub fn commit_notes(m: &RunMeta) -> Vec<String> {
     let short = |c: &Option<String>| c.as_deref().map_or("unknown".to_string(), |c| c.chars().take(7).collect());
     let first = m.merged_from.first().map(|s| &s.git_commit);
@@ -442,7 +481,20 @@ pub fn metadata(f: &Folder) -> Vec<Block> {
         }
         out.push(Block::Para(para));
         out.push(Block::Table(Table::new(
-            &["Shard", "Folder", "Commit", "Hostname", "CPU", "Threads", "Device", "GPU", "Target features", "Started", "Ended"],
+            &[
+                "Shard",
+                "Folder",
+                "Commit",
+                "Hostname",
+                "CPU",
+                "Threads",
+                "Device",
+                "GPU",
+                "CPU kernels",
+                "Target features",
+                "Started",
+                "Ended",
+            ],
             m.merged_from
                 .iter()
                 .map(|s| {
@@ -455,6 +507,7 @@ pub fn metadata(f: &Folder) -> Vec<Block> {
                         s.machine.threads.to_string(),
                         s.machine.device.clone(),
                         opt(&s.machine.gpu),
+                        opt(&s.machine.kernel_path),
                         s.machine.target_features.join(" "),
                         s.started.clone(),
                         opt(&s.ended),

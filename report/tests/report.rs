@@ -244,3 +244,42 @@ fn compare_shows_both_numbers_and_the_ratio() {
     assert_eq!(out.only_a.len(), configs_a().len());
     assert!(out.missing.iter().any(|m| m.starts_with("B: table `summary`")));
 }
+
+#[test]
+fn shards_on_different_kernel_paths_are_said_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    write_folder(&dir, 1.0, "host-a");
+    // The same hardware, but shard 2's kernels ran on another SIMD path.
+    let mut m = meta("host-a");
+    let mut other = m.merged_from[0].machine.clone();
+    other.kernel_path = Some("avx512zmm path".into());
+    m.merged_from[1].machine = other;
+    decodebench_tables::records::write_json_atomic(&dir.join(decodebench_tables::records::META_FILE), &m).unwrap();
+    let out = report(&dir, None).unwrap();
+    let md = std::fs::read_to_string(&out.markdown).unwrap();
+    assert!(md.contains("ran on different hardware (they differ in: CPU kernels)"), "no kernel-path note");
+    assert!(md.contains("| avx512zmm path |") && md.contains("| avx2 path |"), "the Shards table names each path");
+}
+
+#[test]
+fn a_calibration_that_disagrees_with_the_greedy_baseline_is_said_so() {
+    use decodebench_tables::records::{read_json, write_json_atomic, Calibration, CALIBRATION_FILE};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    write_folder(&dir, 1.0, "host-a");
+    // The synthetic greedy turns decode 64 tokens in 2.0 s: 31.7 ms per token after the first.
+    let mut cal: Calibration = read_json(&dir.join(CALIBRATION_FILE)).unwrap();
+    let note = "calibration prices one target forward at";
+    for (c1, flagged) in [(33.0, false), (60.0, true), (20.0, true)] {
+        cal.models.get_mut("target").unwrap().forward_ms.insert(1, c1);
+        write_json_atomic(&dir.join(CALIBRATION_FILE), &cal).unwrap();
+        let md = std::fs::read_to_string(report(&dir, None).unwrap().markdown).unwrap();
+        assert_eq!(md.contains(note), flagged, "c(1) = {c1} ms");
+        if flagged {
+            assert!(
+                md.contains(&format!("This run's {note} {c1:.1} ms, but its greedy baseline took 31.7 ms per token (median of 2 turns)"))
+            );
+        }
+    }
+}

@@ -37,6 +37,9 @@ use crate::decoding::{self, check_vocabularies, Models};
 use crate::models::{self, LoadedModel};
 use crate::registry::{BuildContext, StrategySpec};
 use crate::tokenizer::{ChatMessage, TextTokenizer};
+
+/// Timed rounds of the run's forward-cost calibration (the median per block size is kept).
+const CALIBRATION_REPEATS: usize = 5;
 pub use config::{Experiment, Overrides, Shard};
 
 /// Heads used for Medusa when a config says `auto` (or nothing): the ones shipped for the model
@@ -436,9 +439,9 @@ pub fn run(args: &RunArgs) -> Result<Option<RunOutcome>> {
         let bar = spinner(args.progress, "calibrating the forward-cost curve");
         let context =
             exp.run.calibrate_context.min(target.model.info().max_context.saturating_sub(tokens.iter().max().copied().unwrap_or(1)));
-        cal.models.insert("target".into(), crate::calibrate::calibrate(&mut target.model, context, &tokens, 3)?);
+        cal.models.insert("target".into(), crate::calibrate::calibrate(&mut target.model, context, &tokens, CALIBRATION_REPEATS)?);
         if let Some(d) = draft.as_mut() {
-            cal.models.insert("draft".into(), crate::calibrate::calibrate(&mut d.model, context, &[1, 2, 4], 3)?);
+            cal.models.insert("draft".into(), crate::calibrate::calibrate(&mut d.model, context, &[1, 2, 4], CALIBRATION_REPEATS)?);
         }
         bar.finish_and_clear();
         records::write_json_atomic(&calibration_path, &cal)?;
