@@ -375,6 +375,22 @@ fn probe_cuda() -> Option<CudaReport> {
     None
 }
 
+/// The kernels' SIMD path, e.g. `avx512vnni path (avx512zmm too, not the default on AMD CPUs)`.
+pub fn kernel_path_line() -> String {
+    use decodebench_kernels::qmatmul::{available_paths, is_amd, selected_path, SIMD_ENV};
+    let (path, best) = (selected_path(), *available_paths().last().expect("scalar is always available"));
+    let why = if path == best {
+        String::new()
+    } else if std::env::var_os(SIMD_ENV).is_some() {
+        format!(" ({} too, capped by {SIMD_ENV})", best.name())
+    } else if is_amd() {
+        format!(" ({} too, not the default on AMD CPUs: slower there; {SIMD_ENV}={} forces it)", best.name(), best.name())
+    } else {
+        String::new()
+    };
+    format!("{} path{why}", path.name())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,20 +485,4 @@ mod tests {
         assert!(text.contains("devices    cpu, cuda:0"), "{text}");
         assert!(text.contains("memory     bandwidth not measured"), "{text}");
     }
-}
-
-/// The kernels' SIMD path, e.g. `avx512vnni path (avx512zmm too, not the default on AMD CPUs)`.
-pub fn kernel_path_line() -> String {
-    use decodebench_kernels::qmatmul::{available_paths, is_amd, selected_path, SIMD_ENV};
-    let (path, best) = (selected_path(), *available_paths().last().expect("scalar is always available"));
-    let why = if path == best {
-        String::new()
-    } else if std::env::var_os(SIMD_ENV).is_some() {
-        format!(" ({} too, capped by {SIMD_ENV})", best.name())
-    } else if is_amd() {
-        format!(" ({} too, not the default on AMD CPUs: slower there; {SIMD_ENV}={} forces it)", best.name(), best.name())
-    } else {
-        String::new()
-    };
-    format!("{} path{why}", path.name())
 }

@@ -178,7 +178,7 @@ pub fn selected_path() -> SimdPath {
         let available = available_paths();
         let default = default_path(&available, is_amd());
         match std::env::var(SIMD_ENV).ok().as_deref().map(SimdPath::parse) {
-            Some(Some(cap)) => available.into_iter().filter(|&p| p <= cap).last().unwrap_or(SimdPath::Scalar),
+            Some(Some(cap)) => available.into_iter().rev().find(|&p| p <= cap).unwrap_or(SimdPath::Scalar),
             Some(None) => {
                 eprintln!("warning: {SIMD_ENV} must be one of scalar, avx2, avx512vnni, avx512zmm; using {}", default.name());
                 default
@@ -194,7 +194,7 @@ pub fn selected_path() -> SimdPath {
 /// 574) and decoding slowed by 10-25%, while on an Intel Xeon they were 10-15% faster. Every path
 /// gives the same bits, so this choice changes speed only.
 pub fn default_path(available: &[SimdPath], amd: bool) -> SimdPath {
-    available.iter().copied().filter(|&p| !(amd && p == SimdPath::Avx512Zmm)).last().unwrap_or(SimdPath::Scalar)
+    available.iter().copied().rev().find(|&p| !(amd && p == SimdPath::Avx512Zmm)).unwrap_or(SimdPath::Scalar)
 }
 
 /// Whether the CPU's vendor is AMD (`AuthenticAMD`).

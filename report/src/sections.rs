@@ -366,6 +366,9 @@ pub fn hardware_notes(m: &RunMeta) -> Vec<String> {
 
 /// Shards that ran different commits: one line naming each shard's, empty when they agree
 /// (or none is recorded).
+/// A run's or shard's label, its questions (`None`: all) and its curves by model role.
+type CurveGroup<'a> = (String, Option<&'a [String]>, &'a std::collections::BTreeMap<String, decodebench_tables::records::CostCurve>);
+
 /// How far a calibrated single-token forward may sit from what the greedy baseline measured per
 /// token (on shorter caches, so somewhat below) before the curve is called into doubt.
 const CALIBRATION_TOLERANCE: f64 = 1.3;
@@ -386,12 +389,11 @@ pub fn calibration_notes(f: &Folder) -> Vec<String> {
         ms.sort_by(f64::total_cmp);
         (!ms.is_empty()).then(|| (ms[ms.len() / 2], ms.len()))
     };
-    let groups: Vec<(String, Option<&[String]>, &std::collections::BTreeMap<String, decodebench_tables::records::CostCurve>)> =
-        if cal.shards.is_empty() {
-            vec![("This run".into(), None, &cal.models)]
-        } else {
-            cal.shards.iter().map(|s| (format!("Shard {}", s.shard), Some(s.questions.as_slice()), &s.models)).collect()
-        };
+    let groups: Vec<CurveGroup> = if cal.shards.is_empty() {
+        vec![("This run".into(), None, &cal.models)]
+    } else {
+        cal.shards.iter().map(|s| (format!("Shard {}", s.shard), Some(s.questions.as_slice()), &s.models)).collect()
+    };
     let mut notes = Vec::new();
     for (label, questions, models) in groups {
         let Some(c1) = models.get("target").and_then(|c| c.forward_ms.get(&1)) else { continue };
