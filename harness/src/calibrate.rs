@@ -82,8 +82,8 @@ pub fn bandwidth_gbs() -> Option<f64> {
     crate::doctor::memory_bandwidth(256 << 20, threads, 3, Duration::from_secs(3)).map(|b| b.gb_per_s)
 }
 
-/// The whole calibration of one model. A curve with [`implausible_points`] is measured again, up to twice; the plausible one, or the
-/// least implausible with a warning, is kept.
+/// The whole calibration of one model. A curve with [`implausible_points`] is measured again, up
+/// to twice; the plausible one, or the least implausible with a warning, is kept.
 pub fn calibrate(model: &mut dyn DecoderModel, context: usize, tokens: &[usize], reps: usize) -> Result<CostCurve> {
     let mut forward_ms = forward_curve(model, context, tokens, reps)?;
     let mut bad = implausible_points(&forward_ms);
