@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use decodebench_strategies::{clock, DecoderModel, ForwardInput, LogitRows};
 use decodebench_tables::records::CostCurve;
+use decodebench_tables::stats::median;
 
 /// The block sizes measured by default.
 pub const DEFAULT_TOKENS: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
@@ -52,14 +53,7 @@ pub fn forward_curve(model: &mut dyn DecoderModel, context: usize, tokens: &[usi
         }
     }
     model.clear_cache();
-    Ok(tokens
-        .iter()
-        .zip(times)
-        .map(|(&n, mut t)| {
-            t.sort_by(f64::total_cmp);
-            (n, t[t.len() / 2])
-        })
-        .collect())
+    Ok(tokens.iter().zip(times).map(|(&n, t)| (n, median(&t).expect("at least one timed round"))).collect())
 }
 
 /// Block sizes that cost at least 10% less than a smaller one on `curve`: a sign that the machine

@@ -38,9 +38,9 @@ pub struct Report {
     pub simd: Vec<(&'static str, bool)>,
     /// x86 target features enabled at compile time ([`compiled_target_features`]).
     pub compiled: Vec<String>,
-    /// The path of the project's quantized matmul kernels on this CPU (`avx512zmm`,
-    /// `avx512vnni`, `avx2`, `scalar`), and whether the models use them.
-    /// The SIMD path the kernels run, and why when it is not the best this CPU has.
+    /// The path of the project's quantized matmul kernels on this CPU (`avx512zmm path`,
+    /// `avx512vnni path`, `avx2 path`, `scalar path`), and why when it is not the best this CPU
+    /// has.
     pub kernel_path: String,
     pub bandwidth: Option<Bandwidth>,
     /// `None` when the build has no CUDA support.
@@ -92,7 +92,7 @@ impl Report {
             candle_threads: candle_core::utils::get_num_threads(),
             simd: simd_features(),
             compiled: compiled_target_features(),
-            kernel_path: kernel_path_line(),
+            kernel_path: decodebench_kernels::qmatmul::selected_path_description(),
             bandwidth: memory_bandwidth(bandwidth_bytes, available_threads, 3, Duration::from_millis(600)),
             cuda: probe_cuda(),
             models: crate::fetch::list_rows(),
@@ -373,22 +373,6 @@ fn probe_cuda() -> Option<CudaReport> {
 #[cfg(not(feature = "cuda"))]
 fn probe_cuda() -> Option<CudaReport> {
     None
-}
-
-/// The kernels' SIMD path, e.g. `avx512vnni path (avx512zmm too, not the default on AMD CPUs)`.
-pub fn kernel_path_line() -> String {
-    use decodebench_kernels::qmatmul::{available_paths, is_amd, selected_path, SIMD_ENV};
-    let (path, best) = (selected_path(), *available_paths().last().expect("scalar is always available"));
-    let why = if path == best {
-        String::new()
-    } else if std::env::var_os(SIMD_ENV).is_some() {
-        format!(" ({} too, capped by {SIMD_ENV})", best.name())
-    } else if is_amd() {
-        format!(" ({} too, not the default on AMD CPUs: slower there; {SIMD_ENV}={} forces it)", best.name(), best.name())
-    } else {
-        String::new()
-    };
-    format!("{} path{why}", path.name())
 }
 
 #[cfg(test)]

@@ -188,6 +188,22 @@ pub fn selected_path() -> SimdPath {
     })
 }
 
+/// [`selected_path`] as `doctor` and the run metadata state it, with why when it is not the best
+/// this CPU has: `avx512vnni path (avx512zmm too, not the default on AMD CPUs: ...)`.
+pub fn selected_path_description() -> String {
+    let (path, best) = (selected_path(), *available_paths().last().expect("scalar is always available"));
+    let why = if path == best {
+        String::new()
+    } else if std::env::var_os(SIMD_ENV).is_some() {
+        format!(" ({} too, capped by {SIMD_ENV})", best.name())
+    } else if is_amd() {
+        format!(" ({} too, not the default on AMD CPUs: slower there; {SIMD_ENV}={} forces it)", best.name(), best.name())
+    } else {
+        String::new()
+    };
+    format!("{} path{why}", path.name())
+}
+
 /// The best of the `available` paths, except that AMD CPUs stay on 256-bit registers: on a Zen 4
 /// (whose 512-bit operations run as two 256-bit halves) the 512-bit kernels took up to twice as
 /// long for 1 to 8 rows (criterion, Q4_K 8960x1536: 1 row 400 µs against 204, 8 rows 730 against

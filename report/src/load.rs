@@ -444,24 +444,23 @@ fn read_calibration_json(dir: &Path, f: &mut Folder) {
     let parsed = std::fs::read_to_string(&path)
         .map_err(anyhow::Error::from)
         .and_then(|t| serde_json::from_str::<Calibration>(&t).map_err(anyhow::Error::from));
-    if let Ok(cal) = &parsed {
-        f.calibration_json = Some(cal.clone());
-    }
     match parsed {
-        Ok(cal) if f.calibration.is_empty() => {
-            for (role, curve) in &cal.models {
-                for (&tokens, &ms) in &curve.forward_ms {
-                    f.calibration.push(CalibrationRow {
-                        role: role.clone(),
-                        context: Some(curve.context as f64),
-                        tokens: tokens as f64,
-                        forward_ms: ms,
-                        bandwidth_gbs: curve.bandwidth_gbs,
-                    });
+        Ok(cal) => {
+            if f.calibration.is_empty() {
+                for (role, curve) in &cal.models {
+                    for (&tokens, &ms) in &curve.forward_ms {
+                        f.calibration.push(CalibrationRow {
+                            role: role.clone(),
+                            context: Some(curve.context as f64),
+                            tokens: tokens as f64,
+                            forward_ms: ms,
+                            bandwidth_gbs: curve.bandwidth_gbs,
+                        });
+                    }
                 }
             }
+            f.calibration_json = Some(cal);
         }
-        Ok(_) => {}
         Err(e) => f.missing.push(format!("{} is not valid: {e}", path.display())),
     }
 }

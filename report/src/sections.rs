@@ -331,10 +331,7 @@ pub fn hardware_notes(m: &RunMeta) -> Vec<String> {
             ("threads", m.merged_from.iter().any(|s| s.machine.threads != first.threads)),
             ("device", m.merged_from.iter().any(|s| s.machine.device != first.device)),
             ("GPU", m.merged_from.iter().any(|s| s.machine.gpu != first.gpu)),
-            (
-                "CPU kernels",
-                m.merged_from.iter().any(|s| matches!((&s.machine.kernel_path, &first.kernel_path), (Some(a), Some(b)) if a != b)),
-            ),
+            ("CPU kernels", m.merged_from.iter().any(|s| s.machine.kernel_paths_differ(first))),
         ]
         .into_iter()
         .filter(|(_, d)| *d)
@@ -380,14 +377,13 @@ const CALIBRATION_TOLERANCE: f64 = 1.3;
 pub fn calibration_notes(f: &Folder) -> Vec<String> {
     let Some(cal) = &f.calibration_json else { return vec![] };
     let measured = |questions: Option<&[String]>| {
-        let mut ms: Vec<f64> = f
+        let ms: Vec<f64> = f
             .turns
             .iter()
             .filter(|t| t.strategy == "greedy" && questions.is_none_or(|q| q.contains(&t.question_id)))
             .filter_map(|t| Some(1e3 * t.decode_s? / (t.new_tokens.filter(|&n| n >= 16.0)? - 1.0)))
             .collect();
-        ms.sort_by(f64::total_cmp);
-        (!ms.is_empty()).then(|| (ms[ms.len() / 2], ms.len()))
+        Some((decodebench_tables::stats::median(&ms)?, ms.len()))
     };
     let groups: Vec<CurveGroup> = if cal.shards.is_empty() {
         vec![("This run".into(), None, &cal.models)]

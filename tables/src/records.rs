@@ -176,8 +176,13 @@ impl MachineMeta {
             && self.threads == other.threads
             && self.device == other.device
             && self.gpu == other.gpu
-            // Unknown (older runs) matches anything.
-            && (self.kernel_path.is_none() || other.kernel_path.is_none() || self.kernel_path == other.kernel_path)
+            && !self.kernel_paths_differ(other)
+    }
+
+    /// Both runs recorded their CPU kernels' path and the two differ (an unknown path, from a run
+    /// older than the field, differs from none).
+    pub fn kernel_paths_differ(&self, other: &MachineMeta) -> bool {
+        matches!((&self.kernel_path, &other.kernel_path), (Some(a), Some(b)) if a != b)
     }
 }
 

@@ -107,6 +107,14 @@ pub fn percentile_sorted(values: &[f64], p: f64) -> f64 {
     values[lo] + (values[hi] - values[lo]) * (pos - lo as f64)
 }
 
+/// The middle of `values` (of an even count the upper of the two middle values: a timing that
+/// was measured, not an average of two); `None` when empty.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied()
+}
+
 /// Arithmetic mean; `None` when empty.
 pub fn mean(values: &[f64]) -> Option<f64> {
     if values.is_empty() {
@@ -119,6 +127,13 @@ pub fn mean(values: &[f64]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_takes_the_upper_middle_of_an_even_count() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(3.0));
+        assert_eq!(median(&[]), None);
+    }
 
     #[test]
     fn geometric_mean_cases() {

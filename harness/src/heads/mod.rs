@@ -511,8 +511,7 @@ pub fn tune_command(args: &TuneArgs) -> Result<TuneOutcome> {
             times.push(dt * 1000.0);
         }
     }
-    times.sort_by(f64::total_cmp);
-    let heads_ms = times[times.len() / 2];
+    let heads_ms = decodebench_tables::stats::median(&times).expect("21 timed calls");
 
     let q = tune::rank_probabilities(&accuracy.topk);
     let tree = tune::tune(&q, &curve, heads_ms, args.max_nodes).context("the cost curve is empty")?;

@@ -21,7 +21,7 @@ pub fn machine(device: &str, conversions: Vec<String>) -> MachineMeta {
         conversions,
         // Under Slurm the node and the GPUs it handed this task.
         node: std::env::var("SLURMD_NODENAME").ok(),
-        kernel_path: (device == "cpu").then(doctor::kernel_path_line),
+        kernel_path: (device == "cpu").then(decodebench_kernels::qmatmul::selected_path_description),
         gpu: std::env::var("SLURM_JOB_GPUS").or_else(|_| std::env::var("CUDA_VISIBLE_DEVICES")).ok().filter(|_| device == "cuda"),
     }
 }
