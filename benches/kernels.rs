@@ -23,7 +23,7 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use decodebench_kernels::packed::PackedWeight;
-use decodebench_kernels::qmatmul::{available_paths, matmul_on, selected_path, QuantizedActs, SimdPath, WeightType};
+use decodebench_kernels::qmatmul::{available_paths, matmul_on, selected_path, SimdPath, WeightType};
 
 /// (type, n, k): output features, input features.
 const CASES: [(WeightType, usize, usize); 8] = [
@@ -92,8 +92,7 @@ fn main() {
                             b.iter(|| {
                                 i = (i + 1) % copies;
                                 if use_packed {
-                                    let acts = QuantizedActs::quantize(&xs, m, k);
-                                    packed[i].matmul_quantized_on(path, &acts, &mut out).unwrap();
+                                    packed[i].matmul_on(path, &xs, m, &mut out).unwrap();
                                 } else {
                                     matmul_on(path, wt, &raw[i], n, k, &xs, m, &mut out).unwrap();
                                 }

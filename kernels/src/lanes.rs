@@ -40,6 +40,12 @@ pub(crate) trait Lanes {
     unsafe fn load_u8(p: *const u8, gb: usize) -> Self::I;
     /// Eight f16 of each group, as f32 lanes.
     unsafe fn load_f16(p: *const u8, gb: usize) -> Self::F;
+    /// Sixteen u8 of each group, zero-extended to i16: a pair per i32 lane.
+    unsafe fn load_u8_i16(p: *const u8, gb: usize) -> Self::I;
+    /// The low 32 bits of each i32 lane's product.
+    unsafe fn mullo(a: Self::I, b: Self::I) -> Self::I;
+    /// Per i32 lane, the sum of the products of its two i16 halves (`vpmaddwd`).
+    unsafe fn madd16(a: Self::I, b: Self::I) -> Self::I;
     /// `acc + Σ` of four u8 × i8 products per i32 lane (exact for the operands the kernels give).
     unsafe fn dot(acc: Self::I, u: Self::I, s: Self::I) -> Self::I;
     /// One 16-value half of a Q6_K block per column: `sc · Σ (a + 128)(q − 32)` from the four
@@ -115,6 +121,18 @@ macro_rules! ymm_common {
         #[inline(always)]
         unsafe fn load_f16(p: *const u8, _gb: usize) -> __m256 {
             _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        }
+        #[inline(always)]
+        unsafe fn load_u8_i16(p: *const u8, _gb: usize) -> __m256i {
+            _mm256_cvtepu8_epi16(_mm_loadu_si128(p as *const __m128i))
+        }
+        #[inline(always)]
+        unsafe fn mullo(a: __m256i, b: __m256i) -> __m256i {
+            _mm256_mullo_epi32(a, b)
+        }
+        #[inline(always)]
+        unsafe fn madd16(a: __m256i, b: __m256i) -> __m256i {
+            _mm256_madd_epi16(a, b)
         }
         #[inline(always)]
         unsafe fn add_i(a: __m256i, b: __m256i) -> __m256i {
@@ -260,6 +278,19 @@ impl Lanes for VnniZ {
     unsafe fn load_f16(p: *const u8, gb: usize) -> __m512 {
         let lo = _mm_loadu_si128(p as *const __m128i);
         _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(_mm256_castsi128_si256(lo), _mm_loadu_si128(p.add(gb) as *const __m128i)))
+    }
+    #[inline(always)]
+    unsafe fn load_u8_i16(p: *const u8, gb: usize) -> __m512i {
+        let lo = _mm_loadu_si128(p as *const __m128i);
+        _mm512_cvtepu8_epi16(_mm256_inserti128_si256::<1>(_mm256_castsi128_si256(lo), _mm_loadu_si128(p.add(gb) as *const __m128i)))
+    }
+    #[inline(always)]
+    unsafe fn mullo(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_mullo_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn madd16(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_madd_epi16(a, b)
     }
     #[inline(always)]
     unsafe fn dot(acc: __m512i, u: __m512i, s: __m512i) -> __m512i {

@@ -14,12 +14,13 @@
 //!   the kernel on ggml's layout in `qmatmul` (which one row takes), see its docs.
 //!
 //! The repacking is exact (the same values, scales and minimums, rearranged) and done once at
-//! load. Q4_K arithmetic, for column `c` and activation row `r`, in this order on every
-//! path, per super-block and sub-block `j` of 32 values (`d_a`: the activation block's scale):
+//! load. Q4_K takes its activations in super-blocks of 256 values ([`SuperActs`], one scale
+//! `d_a` each, as llama.cpp's Q8_K). Its arithmetic, for column `c` and activation row `r`, per
+//! super-block, in this order on every path:
 //!
-//! - `S = Σ q_i · a_i` (exact in i32); `acc = fma(S, (d · sc_j) · d_a, acc)`, then
-//!   `acc = fma(−dmin · m_j, d_a · Σa, acc)`; `d · sc_j` and `dmin · m_j` are exact in f32 (an
-//!   f16 times a 6-bit integer);
+//! - in i32, exactly: `I = Σ_j sc_j · Σ_i q_i · a_i` and `M = Σ_j m_j · Σ_i a_i` over the
+//!   sub-blocks `j` of 32 values (`sc_j`, `m_j` the 6-bit scales and minimums; |I| < 2³¹);
+//! - then `acc = fma(f32(I), d · d_a, acc)` and `acc = fma(−(dmin · d_a), f32(M), acc)`;
 //! - the output is `acc`.
 //!
 //! Each row runs one sequence whatever the number of rows in the call, so rows stay
@@ -32,14 +33,15 @@ use candle_core::quantized::GgmlDType;
 
 #[cfg(target_arch = "x86_64")]
 use crate::lanes::{hsum8_lanes, Avx2Y, Lanes, VnniY, VnniZ};
-use crate::qmatmul::{hsum8, scales_mins_k4, QuantizedActs, SimdPath, SyncPtr, QK};
+use crate::qmatmul::{hsum8, scales_mins_k4, QuantizedActs, SimdPath, SuperActs, SyncPtr, QK};
 
 /// Weight rows interleaved per packed group.
 pub const GROUP_COLS: usize = 8;
 /// Bytes of one ggml Q4_K super-block (256 values).
 const Q4K_BYTES: usize = 144;
 /// Q4_K unit (eight columns × one super-block): eight f16 `d`, eight f16 `dmin`, the 6-bit
-/// scales and minimums as bytes (`[sub-block][column]`), then the 4-bit values.
+/// scales as bytes (`[sub-block][column]`), the 6-bit minimums as bytes in pairs of sub-blocks
+/// (`[pair p][column][2p, 2p + 1]`: one `madd` takes a pair), then the 4-bit values.
 const UNIT: usize = 16 + 16 + 64 + 64 + 1024;
 const SC: usize = 32;
 const MN: usize = 96;
@@ -89,11 +91,17 @@ impl PackedWeight {
         }
     }
 
-    pub fn matmul_quantized_on(&self, path: SimdPath, acts: &QuantizedActs, out: &mut [f32]) -> Result<()> {
+    /// `out (m, n) = x (m, k) · Wᵀ` on `path`, the activations quantized in the form the
+    /// weight's kernel takes ([`SuperActs`] for Q4_K, [`QuantizedActs`] for the others).
+    pub fn matmul_on(&self, path: SimdPath, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
+        let (_, k) = self.shape();
+        if x.len() != m * k {
+            candle_core::bail!("packed matmul: {} input values for {m} rows of {k}", x.len());
+        }
         match self {
-            Self::Q4K(p) => p.matmul_quantized_on(path, acts, out),
-            Self::Q6K(p) => p.matmul_quantized_on(path, acts, out),
-            Self::Blocks(p) => p.matmul_quantized_on(path, acts, out),
+            Self::Q4K(p) => p.matmul_quantized_on(path, &SuperActs::quantize(x, m, k), out),
+            Self::Q6K(p) => p.matmul_quantized_on(path, &QuantizedActs::quantize(x, m, k), out),
+            Self::Blocks(p) => p.matmul_quantized_on(path, &QuantizedActs::quantize(x, m, k), out),
         }
     }
 }
@@ -143,6 +151,10 @@ fn check_call(n: usize, k: usize, path: SimdPath, acts: &QuantizedActs, out: &[f
     if acts.nb != k / QK || out.len() != acts.m * n {
         candle_core::bail!("packed matmul: {} activation blocks per row, {} outputs for ({}, {n})", acts.nb, out.len(), acts.m);
     }
+    check_path(path)
+}
+
+fn check_path(path: SimdPath) -> Result<()> {
     if !path.is_available() {
         candle_core::bail!("quantized matmul: this CPU has no {} path", path.name());
     }
@@ -185,7 +197,7 @@ impl PackedQ4K {
                 let (sc, mn) = scales_mins_k4(blk[4..16].try_into().expect("12 bytes"));
                 for j in 0..8 {
                     unit[SC + 8 * j + c] = sc[j];
-                    unit[MN + 8 * j + c] = mn[j];
+                    unit[MN + 16 * (j / 2) + 2 * c + j % 2] = mn[j];
                 }
                 for p in 0..4 {
                     for q in 0..8 {
@@ -199,8 +211,17 @@ impl PackedQ4K {
     }
 
     /// `out (m, n) = acts · Wᵀ` on `path`, split over groups of columns on candle's thread pool.
-    pub fn matmul_quantized_on(&self, path: SimdPath, acts: &QuantizedActs, out: &mut [f32]) -> Result<()> {
-        check_call(self.n, self.k, path, acts, out)?;
+    pub fn matmul_quantized_on(&self, path: SimdPath, acts: &SuperActs, out: &mut [f32]) -> Result<()> {
+        if acts.nsb != self.k / 256 || out.len() != acts.m * self.n {
+            candle_core::bail!(
+                "packed matmul: {} activation super-blocks per row, {} outputs for ({}, {})",
+                acts.nsb,
+                out.len(),
+                acts.m,
+                self.n
+            );
+        }
+        check_path(path)?;
         let (n, nsb) = (self.n, self.k / 256);
         let gb = nsb * UNIT;
         for_each_group(n, &self.data, gb, out, groups_per_call(path), |p, o, cols, groups| {
@@ -227,7 +248,7 @@ impl PackedQ4K {
 ///
 /// # Safety
 /// `p` points at `nsb` units of one group; `out` at its first column of an `(m, n)` output.
-unsafe fn scalar_group(p: *const u8, nsb: usize, acts: &QuantizedActs, out: *mut f32, n: usize, cols: usize) {
+unsafe fn scalar_group(p: *const u8, nsb: usize, acts: &SuperActs, out: *mut f32, n: usize, cols: usize) {
     let units = std::slice::from_raw_parts(p, nsb * UNIT);
     for r in 0..acts.m {
         for c in 0..cols {
@@ -235,9 +256,10 @@ unsafe fn scalar_group(p: *const u8, nsb: usize, acts: &QuantizedActs, out: *mut
             for (sb, u) in units.chunks_exact(UNIT).enumerate() {
                 let d = f16::from_le_bytes([u[2 * c], u[2 * c + 1]]).to_f32();
                 let dmin = f16::from_le_bytes([u[16 + 2 * c], u[16 + 2 * c + 1]]).to_f32();
+                let b = r * nsb + sb;
+                let (mut isum, mut msum) = (0i32, 0i32);
                 for j in 0..8 {
-                    let b = r * acts.nbp + sb * 8 + j;
-                    let a = &acts.qs[b * QK..(b + 1) * QK];
+                    let a = &acts.qs[b * 256 + j * QK..][..QK];
                     let mut s = 0i32;
                     for q in 0..8 {
                         for t in 0..4 {
@@ -246,11 +268,12 @@ unsafe fn scalar_group(p: *const u8, nsb: usize, acts: &QuantizedActs, out: *mut
                             s += v as i32 * a[4 * q + t] as i32;
                         }
                     }
-                    let dw = d * u[SC + 8 * j + c] as f32;
-                    let mw = dmin * u[MN + 8 * j + c] as f32;
-                    acc = (s as f32).mul_add(dw * acts.d[b], acc);
-                    acc = (-mw).mul_add(acts.sa[b], acc);
+                    isum += u[SC + 8 * j + c] as i32 * s;
+                    msum += u[MN + 16 * (j / 2) + 2 * c + j % 2] as i32 * acts.bs[8 * b + j] as i32;
                 }
+                let da = acts.d[b];
+                acc = (isum as f32).mul_add(d * da, acc);
+                acc = (-(dmin * da)).mul_add(msum as f32, acc);
             }
             *out.add(r * n + c) = acc;
         }
@@ -323,7 +346,7 @@ unsafe fn q4k_rows<V: Lanes, const R: usize>(
     p: *const u8,
     gb: usize,
     nsb: usize,
-    acts: &QuantizedActs,
+    acts: &SuperActs,
     out: *mut f32,
     n: usize,
     cols: usize,
@@ -331,17 +354,16 @@ unsafe fn q4k_rows<V: Lanes, const R: usize>(
 ) {
     let mut acc = [V::zero_f(); R];
     let mask = V::splat_i8(0x0f);
-    let (qs, ad, asum) = (acts.qs.as_ptr() as *const u8, acts.d.as_ptr(), acts.sa.as_ptr());
+    let (qs, ad, bs) = (acts.qs.as_ptr() as *const u8, acts.d.as_ptr(), acts.bs.as_ptr() as *const u8);
     for sb in 0..nsb {
         let u = p.add(sb * UNIT);
         if acts.m >= PREFETCH_MIN_ROWS {
             prefetch_groups::<V>(u, gb, UNIT);
         }
-        let d = V::load_f16(u, gb);
-        let dmin = V::load_f16(u.add(16), gb);
+        // The super-block's integer sums per row: Σ_j sc_j · S_j (integers: any order).
+        let mut isum = [V::zero_i(); R];
         for j in 0..8 {
-            let dw = V::mul(d, V::cvt(V::load_u8(u.add(SC + 8 * j), gb)));
-            let mw = V::mul(dmin, V::cvt(V::load_u8(u.add(MN + 8 * j), gb)));
+            let sc = V::load_u8(u.add(SC + 8 * j), gb);
             // Sub-block j's values for the call's columns, unpacked once for all rows.
             let q = u.add(QS + 256 * (j / 2));
             let mut wv = [V::zero_i(); 8];
@@ -349,21 +371,32 @@ unsafe fn q4k_rows<V: Lanes, const R: usize>(
                 let raw = V::load(q.add(32 * g), gb);
                 *wv = if j % 2 == 0 { V::and(raw, mask) } else { V::and(V::srli4(raw), mask) };
             }
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let b = (r0 + r) * acts.nbp + sb * 8 + j;
-                let a = qs.add(b * QK);
+            for (r, isum) in isum.iter_mut().enumerate() {
+                let a = qs.add(((r0 + r) * nsb + sb) * 256 + j * QK);
                 // Four activation bytes to every lane: lane c gets column c's sum. Two chains
-                // halve the dependency on the dot product's latency (integer sums: the order
-                // does not change the result).
+                // halve the dependency on the dot product's latency.
                 let (mut even, mut odd) = (V::zero_i(), V::zero_i());
                 for g in (0..8).step_by(2) {
                     even = V::dot(even, wv[g], V::bcast4(a.add(4 * g)));
                     odd = V::dot(odd, wv[g + 1], V::bcast4(a.add(4 * g + 4)));
                 }
-                let da = V::splat_f(*ad.add(b));
-                *acc = V::fmadd(V::cvt(V::add_i(even, odd)), V::mul(dw, da), *acc);
-                *acc = V::fnmadd(mw, V::splat_f(*asum.add(b)), *acc);
+                *isum = V::add_i(*isum, V::mullo(V::add_i(even, odd), sc));
             }
+        }
+        let d = V::load_f16(u, gb);
+        let dmin = V::load_f16(u.add(16), gb);
+        // The minimums of sub-blocks 2p and 2p + 1 as an i16 pair per column.
+        let mn: [V::I; 4] = std::array::from_fn(|pair| V::load_u8_i16(u.add(MN + 16 * pair), gb));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let b = (r0 + r) * nsb + sb;
+            // Σ_j m_j · Σa_j: each pair of activation sums (adjacent i16) against a pair of minimums.
+            let mut msum = V::madd16(mn[0], V::bcast4(bs.add(16 * b)));
+            for (pair, &mn) in mn.iter().enumerate().skip(1) {
+                msum = V::add_i(msum, V::madd16(mn, V::bcast4(bs.add(16 * b + 4 * pair))));
+            }
+            let da = V::splat_f(*ad.add(b));
+            *acc = V::fmadd(V::cvt(isum[r]), V::mul(d, da), *acc);
+            *acc = V::fnmadd(V::mul(dmin, da), V::cvt(msum), *acc);
         }
     }
     for (r, acc) in acc.iter().enumerate() {
@@ -831,7 +864,7 @@ macro_rules! path_kernels {
                 p: *const u8,
                 gb: usize,
                 nsb: usize,
-                acts: &QuantizedActs,
+                acts: &SuperActs,
                 out: *mut f32,
                 n: usize,
                 cols: usize,
@@ -887,7 +920,7 @@ macro_rules! path_kernels {
             }
 
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn q4k(p: *const u8, gb: usize, nsb: usize, acts: &QuantizedActs, out: *mut f32, n: usize, cols: usize) {
+            pub(super) unsafe fn q4k(p: *const u8, gb: usize, nsb: usize, acts: &SuperActs, out: *mut f32, n: usize, cols: usize) {
                 row_tiles!(MAX_R, acts.m, q4k_tile(p, gb, nsb, acts, out, n, cols))
             }
 

@@ -307,6 +307,70 @@ fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], sa: &mut [f32], hs: &mu
     }
 }
 
+/// Activations quantized to 8 bits per super-block of 256 values, as llama.cpp's Q8_K, for the
+/// Q4_K kernels: one scale per 256 values lets a kernel sum a whole super-block in integers
+/// (each sub-block's sum times its 6-bit weight scale) and leave one float step per super-block
+/// instead of one per 32 values, which is most of the arithmetic of a call of many rows. Scale
+/// `d = max|x| / 127` over the super-block, values `round(x / d)` ties to even.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SuperActs {
+    pub m: usize,
+    /// Super-blocks per row.
+    pub nsb: usize,
+    /// `m · nsb · 256` values.
+    pub qs: Vec<i8>,
+    /// Scale per super-block (`m · nsb`).
+    pub d: Vec<f32>,
+    /// `Σq` of each 32 values (`m · nsb · 8`; |Σ| ≤ 32 · 127 fits i16): Q4_K's minimum term.
+    pub bs: Vec<i16>,
+}
+
+impl SuperActs {
+    /// Quantizes `m` rows of `k` values (`k` a multiple of 256); rows in parallel when many.
+    pub fn quantize(x: &[f32], m: usize, k: usize) -> Self {
+        assert!(k.is_multiple_of(256) && x.len() == m * k, "quantize: {} values for {m} rows of {k}", x.len());
+        let nsb = k / 256;
+        let mut acts = SuperActs { m, nsb, qs: vec![0; m * k], d: vec![0.0; m * nsb], bs: vec![0; m * nsb * 8] };
+        let (qs, d, bs) = (SyncPtr(acts.qs.as_mut_ptr()), SyncPtr(acts.d.as_mut_ptr()), SyncPtr(acts.bs.as_mut_ptr()));
+        let rows = |rows: std::ops::Range<usize>| {
+            for r in rows {
+                // SAFETY: each row's slices are disjoint and within the buffers above.
+                let (qs, d, bs) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(qs.get().add(r * k), k),
+                        std::slice::from_raw_parts_mut(d.get().add(r * nsb), nsb),
+                        std::slice::from_raw_parts_mut(bs.get().add(r * nsb * 8), nsb * 8),
+                    )
+                };
+                for (sb, (xs, qs)) in x[r * k..(r + 1) * k].chunks_exact(256).zip(qs.chunks_exact_mut(256)).enumerate() {
+                    let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
+                    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+                    d[sb] = amax / 127.0;
+                    for (j, (xs, qs)) in xs.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).enumerate() {
+                        let mut sum = 0i32;
+                        for (q, &v) in qs.iter_mut().zip(xs) {
+                            *q = (v * inv).round_ties_even() as i8;
+                            sum += *q as i32;
+                        }
+                        bs[8 * sb + j] = sum as i16;
+                    }
+                }
+            }
+        };
+        if m < 8 {
+            rows(0..m);
+        } else {
+            candle_core::utils::barrier_pool().execute_chunked(m, rows);
+        }
+        acts
+    }
+
+    /// Row `r`'s values.
+    pub fn row_values(&self, r: usize) -> &[i8] {
+        &self.qs[r * self.nsb * 256..(r + 1) * self.nsb * 256]
+    }
+}
+
 /// A raw pointer the pool's workers may share; every user writes disjoint elements.
 #[derive(Clone, Copy)]
 pub(crate) struct SyncPtr<T>(pub(crate) *mut T);
@@ -330,11 +394,20 @@ pub fn matmul_on(path: SimdPath, wt: WeightType, w: &[u8], n: usize, k: usize, x
     if !wt.fits(k) {
         candle_core::bail!("quantized matmul: k = {k} is not a multiple of {} ({})", wt.block_values(), wt.name());
     }
+    if wt == WeightType::Q4K {
+        // Q4_K runs in its interleaved layout on activations in super-blocks (models repack once
+        // at load, see [`qmatmul_packed`]).
+        if x.len() != m * k {
+            candle_core::bail!("quantized matmul: {} input values for {m} rows of {k}", x.len());
+        }
+        return crate::packed::PackedQ4K::new(w, n, k)?.matmul_quantized_on(path, &SuperActs::quantize(x, m, k), out);
+    }
     let acts = QuantizedActs::quantize(x, m, k);
     matmul_quantized_on(path, wt, w, n, k, &acts, out)
 }
 
-/// The product for activations already quantized.
+/// The product for activations already quantized (Q4_1, Q8_0, Q6_K; Q4_K takes [`SuperActs`],
+/// through [`matmul_on`] or [`crate::packed::PackedQ4K`]).
 pub fn matmul_quantized_on(
     path: SimdPath,
     wt: WeightType,
@@ -363,10 +436,7 @@ pub fn matmul_quantized_on(
         return Ok(());
     }
     if wt == WeightType::Q4K {
-        // Q4_K runs in its interleaved layout (models repack once at load, see [`qmatmul_packed`]).
-        // Q6_K has one too, with the bits of the ggml-layout kernel below.
-        let packed = crate::packed::PackedQ4K::new(w, n, k)?;
-        return packed.matmul_quantized_on(path, acts, out);
+        candle_core::bail!("quantized matmul: Q4_K takes activations in super-blocks (SuperActs)");
     }
     let tiles = n.div_ceil(COLS);
     let out_ptr = SyncPtr(out.as_mut_ptr());
@@ -419,8 +489,7 @@ pub fn qmatmul_packed(w: &crate::packed::PackedWeight, x: &Tensor) -> Result<Ten
         let (storage, layout) = x.storage_and_layout();
         let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("quantized matmul: input is not on the CPU") };
         let xs = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + m * k];
-        let acts = QuantizedActs::quantize(xs, m, k);
-        w.matmul_quantized_on(selected_path(), &acts, &mut out)?;
+        w.matmul_on(selected_path(), xs, m, &mut out)?;
     }
     let mut dims = x.dims().to_vec();
     *dims.last_mut().expect("rank >= 1") = n;
@@ -952,6 +1021,22 @@ mod tests {
         }
     }
 
+    /// The activations as the kernels for `wt` see them (8-bit values times their scale): per
+    /// 32 values, or per super-block of 256 for Q4_K.
+    fn quantized_activations(wt: WeightType, x: &[f32], m: usize, k: usize) -> Vec<f64> {
+        let mut xq = Vec::with_capacity(m * k);
+        for r in 0..m {
+            if wt == WeightType::Q4K {
+                let acts = SuperActs::quantize(&x[r * k..(r + 1) * k], 1, k);
+                xq.extend(acts.row_values(0).iter().enumerate().map(|(i, &q)| q as f64 * acts.d[i / 256] as f64));
+            } else {
+                let acts = QuantizedActs::quantize(&x[r * k..(r + 1) * k], 1, k);
+                xq.extend(acts.row_values(0).iter().enumerate().map(|(i, &q)| q as f64 * acts.d[i / QK] as f64));
+            }
+        }
+        xq
+    }
+
     fn run(path: SimdPath, wt: WeightType, w: &[u8], n: usize, k: usize, x: &[f32], m: usize) -> Vec<f32> {
         let mut out = vec![f32::NAN; m * n];
         matmul_on(path, wt, w, n, k, x, m, &mut out).unwrap();
@@ -980,11 +1065,10 @@ mod tests {
                         let same = y.iter().zip(&reference).all(|(a, b)| a.to_bits() == b.to_bits());
                         assert!(same, "{} {wt:?} n {n} k {k} m {m}: differs from the scalar path", path.name());
                     }
-                    let acts = QuantizedActs::quantize(&x, m, k);
+                    let xq = quantized_activations(wt, &x, m, k);
                     for r in 0..m {
                         for j in 0..n {
-                            let q = acts.row_values(r);
-                            let exact: f64 = (0..k).map(|i| wf[j * k + i] * q[i] as f64 * acts.d[r * acts.nbp + i / QK] as f64).sum();
+                            let exact: f64 = (0..k).map(|i| wf[j * k + i] * xq[r * k + i]).sum();
                             let scale: f64 = (0..k).map(|i| (wf[j * k + i] * x[r * k + i] as f64).abs()).sum();
                             let diff = (reference[r * n + j] as f64 - exact).abs();
                             worst = worst.max(diff / scale.max(1e-30));
@@ -1086,10 +1170,9 @@ mod tests {
                 for m in [1usize, 2, 3, 4, 5, 8, 9, 17, 64] {
                     let x: Vec<f32> = (0..m * k).map(|_| g.next() * 3.0).collect();
                     let reference = run(SimdPath::Scalar, wt, &w, n, k, &x, m);
-                    let acts = QuantizedActs::quantize(&x, m, k);
                     for path in available_paths() {
                         let mut y = vec![f32::NAN; m * n];
-                        packed.matmul_quantized_on(path, &acts, &mut y).unwrap();
+                        packed.matmul_on(path, &x, m, &mut y).unwrap();
                         let same = y.iter().zip(&reference).all(|(a, b)| a.to_bits() == b.to_bits());
                         assert!(same, "packed {} on {}: n {n} k {k} m {m} differs from the ggml-layout kernel", wt.name(), path.name());
                     }
@@ -1113,6 +1196,20 @@ mod tests {
         assert_eq!(a.d, vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
         assert_eq!(a.sa, vec![0.0; 8]);
         assert!(a.qs[32..].iter().all(|&q| q == 0) && a.qs.len() == 8 * 32);
+        // In super-blocks of 256 (Q4_K's): one scale, sums per 32 values.
+        let mut x = vec![0f32; 512];
+        x[0] = 254.0;
+        x[1] = 1.0;
+        x[2] = 3.0;
+        x[40] = -5.0;
+        x[300] = -0.5;
+        let a = SuperActs::quantize(&x, 1, 512);
+        assert_eq!((a.nsb, a.d.clone()), (2, vec![2.0, 1.0 / 254.0]));
+        assert_eq!(&a.qs[..3], &[127, 0, 2]);
+        assert_eq!((a.qs[40], a.qs[300]), (-2, -127));
+        assert_eq!(&a.bs[..2], &[129, -2]);
+        assert_eq!(a.bs[8 + 1], -127);
+        assert_eq!(a.qs.iter().filter(|&&q| q != 0).count(), 4);
     }
 
     /// The candle-facing entry point against candle's own quantized matmul: both are within
