@@ -76,7 +76,7 @@ fn main() {
                 });
                 let mut out = vec![0f32; m * n];
                 // `ours`: what models run (Q4_1 and Q8_0 packed; Q6_K packed from
-                // Q6K_PACKED_MIN_ROWS rows, on ggml's layout below); for these three also the
+                // q6k_packed_min_rows(k) rows, on ggml's layout below); for these three also the
                 // other layout, `packed` or `ggml-layout` (same bits).
                 let layouts: &[bool] = if packed.is_empty() || wt == WeightType::Q4K { &[true] } else { &[true, false] };
                 // The scalar fallback only at one row: it is there for correctness, not speed.

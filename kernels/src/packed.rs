@@ -10,7 +10,7 @@
 //! - [`PackedQ4K`]: Q4_K, for every call (its arithmetic is below).
 //! - [`PackedBlocks`]: Q4_1 and Q8_0, for every call, with the bits of the kernel on ggml's
 //!   layout in `qmatmul`, see its docs.
-//! - [`PackedQ6K`]: Q6_K, for calls of [`Q6K_PACKED_MIN_ROWS`] rows or more, with the bits of
+//! - [`PackedQ6K`]: Q6_K, for calls of [`q6k_packed_min_rows`] rows or more, with the bits of
 //!   the kernel on ggml's layout in `qmatmul` (which one row takes), see its docs.
 //!
 //! The repacking is exact (the same values, scales and minimums, rearranged) and done once at
@@ -73,12 +73,12 @@ impl PackedWeight {
     }
 
     /// Whether the packed layout is the faster one for a call with `m` activation rows: always
-    /// for Q4_1, Q8_0 and Q4_K; for Q6_K from [`Q6K_PACKED_MIN_ROWS`] rows (fewer take the
+    /// for Q4_1, Q8_0 and Q4_K; for Q6_K from [`q6k_packed_min_rows`] rows (fewer take the
     /// weight's ggml layout in `qmatmul`, with the same bits).
     pub fn serves(&self, m: usize) -> bool {
         match self {
             Self::Q4K(_) | Self::Blocks(_) => true,
-            Self::Q6K(_) => m >= Q6K_PACKED_MIN_ROWS,
+            Self::Q6K(p) => m >= q6k_packed_min_rows(p.k),
         }
     }
 
@@ -100,7 +100,7 @@ impl PackedWeight {
         }
         match self {
             Self::Q4K(p) => p.matmul_quantized_on(path, &SuperActs::quantize(x, m, k), out),
-            Self::Q6K(p) => p.matmul_quantized_on(path, &QuantizedActs::quantize(x, m, k), out),
+            Self::Q6K(p) => p.matmul_quantized_on(path, &SuperActs::quantize(x, m, k), out),
             Self::Blocks(p) => p.matmul_quantized_on(path, &QuantizedActs::quantize(x, m, k), out),
         }
     }
@@ -150,6 +150,13 @@ fn groups_per_call(path: SimdPath) -> usize {
 fn check_call(n: usize, k: usize, path: SimdPath, acts: &QuantizedActs, out: &[f32]) -> Result<()> {
     if acts.nb != k / QK || out.len() != acts.m * n {
         candle_core::bail!("packed matmul: {} activation blocks per row, {} outputs for ({}, {n})", acts.nb, out.len(), acts.m);
+    }
+    check_path(path)
+}
+
+fn check_super_call(n: usize, k: usize, path: SimdPath, acts: &SuperActs, out: &[f32]) -> Result<()> {
+    if acts.nsb != k / 256 || out.len() != acts.m * n {
+        candle_core::bail!("packed matmul: {} activation super-blocks per row, {} outputs for ({}, {n})", acts.nsb, out.len(), acts.m);
     }
     check_path(path)
 }
@@ -212,16 +219,7 @@ impl PackedQ4K {
 
     /// `out (m, n) = acts · Wᵀ` on `path`, split over groups of columns on candle's thread pool.
     pub fn matmul_quantized_on(&self, path: SimdPath, acts: &SuperActs, out: &mut [f32]) -> Result<()> {
-        if acts.nsb != self.k / 256 || out.len() != acts.m * self.n {
-            candle_core::bail!(
-                "packed matmul: {} activation super-blocks per row, {} outputs for ({}, {})",
-                acts.nsb,
-                out.len(),
-                acts.m,
-                self.n
-            );
-        }
-        check_path(path)?;
+        check_super_call(self.n, self.k, path, acts, out)?;
         let (n, nsb) = (self.n, self.k / 256);
         let gb = nsb * UNIT;
         for_each_group(n, &self.data, gb, out, groups_per_call(path), |p, o, cols, groups| {
@@ -404,12 +402,28 @@ unsafe fn q4k_rows<V: Lanes, const R: usize>(
     }
 }
 
-/// Activation rows from which a Q6_K weight runs packed ([`PackedWeight::serves`]). Below it
-/// the ggml-layout kernel in `qmatmul` is faster: one row is bound by memory, and that layout
-/// reads 6.6 bits per weight against 10 here. From it on, the unpacking this layout does once at
-/// load (the per-row kernel redoes it for every tile of rows) and the horizontal sums it avoids
-/// win (`benches/kernels.rs`, `Q6_K/*/m*`). Both give the same bits.
+/// Activation rows from which a Q6_K weight runs packed ([`PackedWeight::serves`]), for rows
+/// of at least [`Q6K_LONG_ROW`] values. Below it the ggml-layout kernel in `qmatmul` is faster:
+/// one row is bound by memory, and that layout reads 6.6 bits per weight against 10 here. From
+/// it on, the unpacking this layout does once at load (the per-row kernel redoes it for every
+/// tile of rows) wins (`benches/kernels.rs`, `Q6_K/*/m*`). Both give the same bits.
 pub const Q6K_PACKED_MIN_ROWS: usize = 2;
+/// Rows of fewer values (a few super-blocks each, as the 151936x1536 head) stay on ggml's layout
+/// up to [`Q6K_PACKED_MIN_ROWS_SHORT`] activation rows: there the extra bytes of this layout cost
+/// more than its unpacking saves (Zen 4, 2 threads, head: 2 rows 6.8 ms against 9.6 packed, 4 rows
+/// 8.7 against 10.5, 8 rows 17.3 against 11.7; the 1536x8960 down projection: 2 rows 0.74 ms
+/// against 0.62 packed).
+pub const Q6K_LONG_ROW: usize = 4096;
+pub const Q6K_PACKED_MIN_ROWS_SHORT: usize = 6;
+
+/// Activation rows from which a Q6_K weight with rows of `k` values runs packed.
+pub fn q6k_packed_min_rows(k: usize) -> usize {
+    if k >= Q6K_LONG_ROW {
+        Q6K_PACKED_MIN_ROWS
+    } else {
+        Q6K_PACKED_MIN_ROWS_SHORT
+    }
+}
 /// Bytes of one ggml Q6_K super-block (256 values).
 const Q6K_BYTES: usize = 210;
 /// Q6_K chunk: eight columns × one 32-value block `j` of one super-block. The values `q − 32` as
@@ -423,16 +437,15 @@ const Q6K_D: usize = 304;
 
 /// A Q6_K weight `(n, k)` in an interleaved layout, for calls of several activation rows.
 ///
-/// It gives the bits of `qmatmul`'s kernel on ggml's layout. That kernel, for a weight row and
-/// an activation row, sums block `b` (32 values) exactly, `S_b = Σ_h sc_h · Σ (q − 32) · a` over
-/// its two halves `h`, then accumulates `acc_j = fma(S_b, d · d_a, acc_j)` in lane `j = b mod 8`
-/// of eight f32 lanes, super-block after super-block, and returns
-/// `((acc_0 + acc_4) + (acc_2 + acc_6)) + ((acc_1 + acc_5) + (acc_3 + acc_7))`. Here the same
-/// eight accumulators are eight vectors whose lanes are the eight columns of a group, so the
-/// final sum is lane-wise. The integer dot products (`vpdpbusd`, or `maddubs` + `madd`) take
+/// It gives the bits of `qmatmul`'s kernel on ggml's layout ([`crate::qmatmul::matmul_q6k_on`]).
+/// That kernel, for a weight row and an activation row in super-blocks ([`SuperActs`]), sums each
+/// super-block exactly, `I = Σ_h sc_h · Σ (q − 32) · a` over its sixteen 16-value halves `h`,
+/// then accumulates `acc = fma(f32(I), d · d_a, acc)`, super-block after super-block. Here a lane
+/// is a column of the group. The integer dot products (`vpdpbusd`, or `maddubs` + `madd`) take
 /// unsigned × signed bytes, so they run on `a + 128` against the signed `q − 32`:
-/// `S_b = Σ_h sc_h · Σ (a + 128)(q − 32) + C` with `C = −128 · Σ_h sc_h · Σ (q − 32)`, stored per
-/// block and column. Chunks are ordered `[group][j][super-block]`, the loop's own order.
+/// `I = Σ_b (Σ_h sc_h · Σ (a + 128)(q − 32) + C_b)` with `C_b = −128 · Σ_h sc_h · Σ (q − 32)`
+/// over the halves of block `b`, stored per block and column. Chunks are ordered
+/// `[group][super-block][j]`, the loop's own order.
 #[derive(Debug, Clone)]
 pub struct PackedQ6K {
     pub n: usize,
@@ -451,7 +464,7 @@ impl PackedQ6K {
         // Columns past `n` in the last group stay zero (values, scales and d: exact zeros).
         let mut data = vec![0u8; groups * 8 * nsb * Q6K_CHUNK];
         for (chunk_index, chunk) in data.chunks_exact_mut(Q6K_CHUNK).enumerate() {
-            let (g, j, sb) = (chunk_index / (8 * nsb), chunk_index / nsb % 8, chunk_index % nsb);
+            let (g, sb, j) = (chunk_index / (8 * nsb), chunk_index / 8 % nsb, chunk_index % 8);
             let (h, t) = (j / 4, j % 4);
             for c in 0..GROUP_COLS {
                 let col = g * GROUP_COLS + c;
@@ -484,8 +497,8 @@ impl PackedQ6K {
     }
 
     /// `out (m, n) = acts · Wᵀ` on `path`, split over groups of columns on candle's thread pool.
-    pub fn matmul_quantized_on(&self, path: SimdPath, acts: &QuantizedActs, out: &mut [f32]) -> Result<()> {
-        check_call(self.n, self.k, path, acts, out)?;
+    pub fn matmul_quantized_on(&self, path: SimdPath, acts: &SuperActs, out: &mut [f32]) -> Result<()> {
+        check_super_call(self.n, self.k, path, acts, out)?;
         // The activations as unsigned bytes a + 128, for the u8 × i8 products.
         let au: Vec<u8> = if path == SimdPath::Scalar { Vec::new() } else { acts.qs.iter().map(|&q| q as u8 ^ 0x80).collect() };
         let (n, nsb) = (self.n, self.k / 256);
@@ -515,25 +528,27 @@ impl PackedQ6K {
 ///
 /// # Safety
 /// `p` points at the `8 · nsb` chunks of one group; `out` at its first column of an `(m, n)` output.
-unsafe fn scalar_group_q6k(p: *const u8, nsb: usize, acts: &QuantizedActs, out: *mut f32, n: usize, cols: usize) {
+unsafe fn scalar_group_q6k(p: *const u8, nsb: usize, acts: &SuperActs, out: *mut f32, n: usize, cols: usize) {
     let chunks = std::slice::from_raw_parts(p, 8 * nsb * Q6K_CHUNK);
     for r in 0..acts.m {
         for c in 0..cols {
-            let mut acc = [0f32; 8];
-            for (j, acc) in acc.iter_mut().enumerate() {
-                for sb in 0..nsb {
-                    let ch = &chunks[(j * nsb + sb) * Q6K_CHUNK..][..Q6K_CHUNK];
-                    let b = r * acts.nbp + sb * 8 + j;
-                    let a = &acts.qs[b * QK..(b + 1) * QK];
-                    let half = |h: usize| -> i32 {
+            let mut acc = 0f32;
+            for sb in 0..nsb {
+                let b = r * nsb + sb;
+                let mut isum = 0i32;
+                for j in 0..8 {
+                    let ch = &chunks[(sb * 8 + j) * Q6K_CHUNK..][..Q6K_CHUNK];
+                    let a = &acts.qs[b * 256 + j * QK..][..QK];
+                    for h in 0..2 {
                         let s: i32 = (16 * h..16 * h + 16).map(|l| ch[32 * (l / 4) + 4 * c + l % 4] as i8 as i32 * a[l] as i32).sum();
-                        s * ch[Q6K_SC + 8 * h + c] as i8 as i32
-                    };
-                    let d = f16::from_le_bytes([ch[Q6K_D + 2 * c], ch[Q6K_D + 2 * c + 1]]).to_f32();
-                    *acc = ((half(0) + half(1)) as f32).mul_add(d * acts.d[b], *acc);
+                        isum += s * ch[Q6K_SC + 8 * h + c] as i8 as i32;
+                    }
                 }
+                let ch = &chunks[sb * 8 * Q6K_CHUNK..];
+                let d = f16::from_le_bytes([ch[Q6K_D + 2 * c], ch[Q6K_D + 2 * c + 1]]).to_f32();
+                acc = (isum as f32).mul_add(d * acts.d[b], acc);
             }
-            *out.add(r * n + c) = hsum8(acc);
+            *out.add(r * n + c) = acc;
         }
     }
 }
@@ -548,17 +563,18 @@ unsafe fn q6k_rows<V: Lanes, const R: usize>(
     gb: usize,
     nsb: usize,
     au: &[u8],
-    acts: &QuantizedActs,
+    acts: &SuperActs,
     out: *mut f32,
     n: usize,
     cols: usize,
     r0: usize,
 ) {
-    let mut parts = [[V::zero_f(); 8]; R];
-    for j in 0..8 {
-        let mut acc = [V::zero_f(); R];
-        for sb in 0..nsb {
-            let ch = p.add((j * nsb + sb) * Q6K_CHUNK);
+    let mut acc = [V::zero_f(); R];
+    for sb in 0..nsb {
+        // The super-block's integer sums per row (exact: any order).
+        let mut isum = [V::zero_i(); R];
+        for j in 0..8 {
+            let ch = p.add((sb * 8 + j) * Q6K_CHUNK);
             if acts.m >= PREFETCH_MIN_ROWS {
                 prefetch_groups::<V>(ch, gb, Q6K_CHUNK);
             }
@@ -568,21 +584,20 @@ unsafe fn q6k_rows<V: Lanes, const R: usize>(
             }
             let (sc0, sc1) = (V::q6k_scales(V::load_i8(ch.add(Q6K_SC), gb)), V::q6k_scales(V::load_i8(ch.add(Q6K_SC + 8), gb)));
             let corr = V::load(ch.add(Q6K_CORR), gb);
-            let d = V::load_f16(ch.add(Q6K_D), gb);
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let b = (r0 + r) * acts.nbp + sb * 8 + j;
-                let a = au.as_ptr().add(b * QK);
-                let s = V::add_i(V::add_i(V::q6k_half(&w[..4], a, sc0), V::q6k_half(&w[4..], a.add(16), sc1)), corr);
-                let da = V::splat_f(*acts.d.get_unchecked(b));
-                *acc = V::fmadd(V::cvt(s), V::mul(d, da), *acc);
+            for (r, isum) in isum.iter_mut().enumerate() {
+                let a = au.as_ptr().add(((r0 + r) * nsb + sb) * 256 + j * QK);
+                let s = V::add_i(V::q6k_half(&w[..4], a, sc0), V::q6k_half(&w[4..], a.add(16), sc1));
+                *isum = V::add_i(*isum, V::add_i(s, corr));
             }
         }
-        for (part, acc) in parts.iter_mut().zip(acc) {
-            part[j] = acc;
+        let d = V::load_f16(p.add(sb * 8 * Q6K_CHUNK + Q6K_D), gb);
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let da = V::splat_f(*acts.d.get_unchecked((r0 + r) * nsb + sb));
+            *acc = V::fmadd(V::cvt(isum[r]), V::mul(d, da), *acc);
         }
     }
-    for (r, v) in parts.iter().enumerate() {
-        V::store(hsum8_lanes::<V>(v), out.add((r0 + r) * n), cols);
+    for (r, acc) in acc.iter().enumerate() {
+        V::store(*acc, out.add((r0 + r) * n), cols);
     }
 }
 
@@ -880,7 +895,7 @@ macro_rules! path_kernels {
                 gb: usize,
                 nsb: usize,
                 au: &[u8],
-                acts: &QuantizedActs,
+                acts: &SuperActs,
                 out: *mut f32,
                 n: usize,
                 cols: usize,
@@ -931,7 +946,7 @@ macro_rules! path_kernels {
                 gb: usize,
                 nsb: usize,
                 au: &[u8],
-                acts: &QuantizedActs,
+                acts: &SuperActs,
                 out: *mut f32,
                 n: usize,
                 cols: usize,

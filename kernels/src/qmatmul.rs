@@ -3,17 +3,20 @@
 //! number of rows in the call: a token verified inside a block gets the bits it gets decoded
 //! alone. Q4_K runs in an interleaved layout of its own ([`crate::packed`]); the others here.
 //!
-//! As in llama.cpp, the activations are quantized to 8 bits per block of 32 values (scale
-//! `d = max|x| / 127`, values `round(x / d)` ties to even, and for Q4_1's offset the block sum
-//! `d · Σq`). One output is then, for weight row `j` and activation row `r`:
+//! As in llama.cpp, the activations are quantized to 8 bits (scale `d = max|x| / 127`, values
+//! `round(x / d)` ties to even): for Q4_1 and Q8_0 per block of 32 values ([`QuantizedActs`];
+//! for Q4_1's offset also the block sum `d · Σq`), for the K types per super-block of 256
+//! ([`SuperActs`], llama.cpp's Q8_K), so that a super-block is summed in integers. One output is
+//! then, for weight row `j` and activation row `r`:
 //!
-//! - per block `b` of 32 values: an integer `S_b` (exact in i32): `Σ q_i · a_i` for Q4_1 and
-//!   Q8_0, and for Q6_K the sum over its two 16-value halves of scale × `Σ (q_i − 32) · a_i`;
+//! - Q4_1 and Q8_0, per block `b` of 32 values: the integer `S_b = Σ q_i · a_i` (exact in i32),
 //!   then in f32, in lane `l = b mod 8`: `acc[l] = fma(S_b, d_w · d_a, acc[l])` (`d_w` the
-//!   block's scale, for Q6_K the super-block's `d`);
-//! - Q4_1, likewise: `mins[l] = fma(m_w, d_a · Σa, mins[l])`;
-//! - at the end `h(acc)`, plus `h(mins)` for Q4_1, with the fixed reduction
-//!   `h(v) = ((v0+v4) + (v2+v6)) + ((v1+v5) + (v3+v7))`.
+//!   block's scale); Q4_1 likewise `mins[l] = fma(m_w, d_a · Σa, mins[l])`; at the end `h(acc)`,
+//!   plus `h(mins)` for Q4_1, with the fixed reduction
+//!   `h(v) = ((v0+v4) + (v2+v6)) + ((v1+v5) + (v3+v7))`;
+//! - Q6_K ([`matmul_q6k_on`]), per super-block: the integer `I = Σ_h sc_h · Σ (q_i − 32) · a_i`
+//!   over its sixteen 16-value halves `h`, then `acc = fma(f32(I), d_w · d_a, acc)`; the output
+//!   is `acc` (Q4_K: see [`crate::packed`]).
 //!
 //! The scalar path spells this out; the AVX2 path (`maddubs` + `madd`) and the AVX-512 VNNI path
 //! (`vpdpbusd` on 256-bit registers; the packed kernels also on 512-bit ones, two groups of
@@ -239,8 +242,6 @@ pub struct QuantizedActs {
     pub d: Vec<f32>,
     /// `d · Σq` per block (Q4_1's offset term).
     pub sa: Vec<f32>,
-    /// `Σq` of each 16-value half of each block (`2 · m · nbp`): Q6_K's `−32` offset.
-    pub hs: Vec<i16>,
 }
 
 impl QuantizedActs {
@@ -249,29 +250,19 @@ impl QuantizedActs {
         assert!(k.is_multiple_of(QK) && x.len() == m * k, "quantize: {} values for {m} rows of {k}", x.len());
         let nb = k / QK;
         let nbp = nb.div_ceil(8) * 8;
-        let mut acts = QuantizedActs {
-            m,
-            nb,
-            nbp,
-            qs: vec![0; m * nbp * QK],
-            d: vec![0.0; m * nbp],
-            sa: vec![0.0; m * nbp],
-            hs: vec![0; 2 * m * nbp],
-        };
-        let (qs, d, sa, hs) =
-            (SyncPtr(acts.qs.as_mut_ptr()), SyncPtr(acts.d.as_mut_ptr()), SyncPtr(acts.sa.as_mut_ptr()), SyncPtr(acts.hs.as_mut_ptr()));
+        let mut acts = QuantizedActs { m, nb, nbp, qs: vec![0; m * nbp * QK], d: vec![0.0; m * nbp], sa: vec![0.0; m * nbp] };
+        let (qs, d, sa) = (SyncPtr(acts.qs.as_mut_ptr()), SyncPtr(acts.d.as_mut_ptr()), SyncPtr(acts.sa.as_mut_ptr()));
         let rows = |rows: std::ops::Range<usize>| {
             for r in rows {
                 // SAFETY: each row's slices are disjoint and within the buffers above.
-                let (qs, d, sa, hs) = unsafe {
+                let (qs, d, sa) = unsafe {
                     (
                         std::slice::from_raw_parts_mut(qs.get().add(r * nbp * QK), k),
                         std::slice::from_raw_parts_mut(d.get().add(r * nbp), nb),
                         std::slice::from_raw_parts_mut(sa.get().add(r * nbp), nb),
-                        std::slice::from_raw_parts_mut(hs.get().add(2 * r * nbp), 2 * nb),
                     )
                 };
-                quantize_row(&x[r * k..(r + 1) * k], qs, d, sa, hs);
+                quantize_row(&x[r * k..(r + 1) * k], qs, d, sa);
             }
         };
         if m < 8 {
@@ -288,27 +279,23 @@ impl QuantizedActs {
     }
 }
 
-fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], sa: &mut [f32], hs: &mut [i16]) {
+fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], sa: &mut [f32]) {
     for (b, (xs, qs)) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).enumerate() {
         let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
         let scale = amax / 127.0;
         let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-        let mut half = [0i32; 2];
-        for (i, (q, &v)) in qs.iter_mut().zip(xs).enumerate() {
-            let r = (v * inv).round_ties_even();
-            *q = r as i8;
-            half[i / 16] += r as i32;
+        let mut sum = 0i32;
+        for (q, &v) in qs.iter_mut().zip(xs) {
+            *q = (v * inv).round_ties_even() as i8;
+            sum += *q as i32;
         }
         d[b] = scale;
-        sa[b] = scale * (half[0] + half[1]) as f32;
-        // |Σ| ≤ 16 · 127: fits i16.
-        hs[2 * b] = half[0] as i16;
-        hs[2 * b + 1] = half[1] as i16;
+        sa[b] = scale * sum as f32;
     }
 }
 
 /// Activations quantized to 8 bits per super-block of 256 values, as llama.cpp's Q8_K, for the
-/// Q4_K kernels: one scale per 256 values lets a kernel sum a whole super-block in integers
+/// Q4_K and Q6_K kernels: one scale per 256 values lets a kernel sum a whole super-block in integers
 /// (each sub-block's sum times its 6-bit weight scale) and leave one float step per super-block
 /// instead of one per 32 values, which is most of the arithmetic of a call of many rows. Scale
 /// `d = max|x| / 127` over the super-block, values `round(x / d)` ties to even.
@@ -323,6 +310,8 @@ pub struct SuperActs {
     pub d: Vec<f32>,
     /// `Σq` of each 32 values (`m · nsb · 8`; |Σ| ≤ 32 · 127 fits i16): Q4_K's minimum term.
     pub bs: Vec<i16>,
+    /// `Σq` of each 16 values (`m · nsb · 16`): Q6_K's `−32` offset.
+    pub hs: Vec<i16>,
 }
 
 impl SuperActs {
@@ -330,29 +319,34 @@ impl SuperActs {
     pub fn quantize(x: &[f32], m: usize, k: usize) -> Self {
         assert!(k.is_multiple_of(256) && x.len() == m * k, "quantize: {} values for {m} rows of {k}", x.len());
         let nsb = k / 256;
-        let mut acts = SuperActs { m, nsb, qs: vec![0; m * k], d: vec![0.0; m * nsb], bs: vec![0; m * nsb * 8] };
-        let (qs, d, bs) = (SyncPtr(acts.qs.as_mut_ptr()), SyncPtr(acts.d.as_mut_ptr()), SyncPtr(acts.bs.as_mut_ptr()));
+        let mut acts = SuperActs { m, nsb, qs: vec![0; m * k], d: vec![0.0; m * nsb], bs: vec![0; m * nsb * 8], hs: vec![0; m * nsb * 16] };
+        let (qs, d) = (SyncPtr(acts.qs.as_mut_ptr()), SyncPtr(acts.d.as_mut_ptr()));
+        let (bs, hs) = (SyncPtr(acts.bs.as_mut_ptr()), SyncPtr(acts.hs.as_mut_ptr()));
         let rows = |rows: std::ops::Range<usize>| {
             for r in rows {
                 // SAFETY: each row's slices are disjoint and within the buffers above.
-                let (qs, d, bs) = unsafe {
+                let (qs, d, bs, hs) = unsafe {
                     (
                         std::slice::from_raw_parts_mut(qs.get().add(r * k), k),
                         std::slice::from_raw_parts_mut(d.get().add(r * nsb), nsb),
                         std::slice::from_raw_parts_mut(bs.get().add(r * nsb * 8), nsb * 8),
+                        std::slice::from_raw_parts_mut(hs.get().add(r * nsb * 16), nsb * 16),
                     )
                 };
                 for (sb, (xs, qs)) in x[r * k..(r + 1) * k].chunks_exact(256).zip(qs.chunks_exact_mut(256)).enumerate() {
                     let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
                     let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
                     d[sb] = amax / 127.0;
-                    for (j, (xs, qs)) in xs.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).enumerate() {
+                    for (h, (xs, qs)) in xs.chunks_exact(16).zip(qs.chunks_exact_mut(16)).enumerate() {
                         let mut sum = 0i32;
                         for (q, &v) in qs.iter_mut().zip(xs) {
                             *q = (v * inv).round_ties_even() as i8;
                             sum += *q as i32;
                         }
-                        bs[8 * sb + j] = sum as i16;
+                        hs[16 * sb + h] = sum as i16;
+                    }
+                    for j in 0..8 {
+                        bs[8 * sb + j] = hs[16 * sb + 2 * j] + hs[16 * sb + 2 * j + 1];
                     }
                 }
             }
@@ -402,12 +396,18 @@ pub fn matmul_on(path: SimdPath, wt: WeightType, w: &[u8], n: usize, k: usize, x
         }
         return crate::packed::PackedQ4K::new(w, n, k)?.matmul_quantized_on(path, &SuperActs::quantize(x, m, k), out);
     }
+    if wt == WeightType::Q6K {
+        if x.len() != m * k {
+            candle_core::bail!("quantized matmul: {} input values for {m} rows of {k}", x.len());
+        }
+        return matmul_q6k_on(path, w, n, k, &SuperActs::quantize(x, m, k), out);
+    }
     let acts = QuantizedActs::quantize(x, m, k);
     matmul_quantized_on(path, wt, w, n, k, &acts, out)
 }
 
-/// The product for activations already quantized (Q4_1, Q8_0, Q6_K; Q4_K takes [`SuperActs`],
-/// through [`matmul_on`] or [`crate::packed::PackedQ4K`]).
+/// The product for activations already quantized (Q4_1, Q8_0; the K types take [`SuperActs`]:
+/// [`matmul_q6k_on`], [`crate::packed::PackedQ4K`]).
 pub fn matmul_quantized_on(
     path: SimdPath,
     wt: WeightType,
@@ -435,30 +435,77 @@ pub fn matmul_quantized_on(
     if acts.m == 0 || n == 0 {
         return Ok(());
     }
-    if wt == WeightType::Q4K {
-        candle_core::bail!("quantized matmul: Q4_K takes activations in super-blocks (SuperActs)");
+    if matches!(wt, WeightType::Q4K | WeightType::Q6K) {
+        candle_core::bail!("quantized matmul: {} takes activations in super-blocks (SuperActs)", wt.name());
     }
+    for_each_tile(n, out, |j0, cols, op| {
+        // SAFETY: the weight rows j0..j0 + cols are within `w` (checked above); `op` is column
+        // j0 of the output, whose columns j0..j0 + cols are this tile's alone.
+        unsafe {
+            let wp = w.as_ptr().add(j0 * stride);
+            match path {
+                SimdPath::Scalar => scalar::tile(wt, wp, stride, nb, cols, acts, op, n),
+                #[cfg(target_arch = "x86_64")]
+                SimdPath::Avx2 => avx2::tile(wt, wp, stride, nb, cols, acts, op, n),
+                #[cfg(target_arch = "x86_64")]
+                SimdPath::Avx512Vnni | SimdPath::Avx512Zmm => vnni::tile(wt, wp, stride, nb, cols, acts, op, n),
+                #[cfg(not(target_arch = "x86_64"))]
+                _ => unreachable!("checked by is_available"),
+            }
+        }
+    });
+    Ok(())
+}
+
+/// A Q6_K weight on ggml's layout against activations in super-blocks (the kernel calls of one
+/// row take; [`crate::packed::PackedQ6K`] gives its bits for more). Per weight row and activation
+/// row, super-block after super-block: the exact integer `I = Σ_h sc_h · Σ (q − 32) · a` over the
+/// sixteen 16-value halves `h`, then `acc = fma(f32(I), d · d_a, acc)`; the output is `acc`.
+pub fn matmul_q6k_on(path: SimdPath, w: &[u8], n: usize, k: usize, acts: &SuperActs, out: &mut [f32]) -> Result<()> {
+    let nsb = k / 256;
+    if !WeightType::Q6K.fits(k) || acts.nsb != nsb || w.len() != n * nsb * 210 || out.len() != acts.m * n {
+        candle_core::bail!(
+            "quantized matmul: {} weight bytes for ({n}, {k}) Q6_K, {} activation super-blocks per row, {} outputs for {} rows",
+            w.len(),
+            acts.nsb,
+            out.len(),
+            acts.m
+        );
+    }
+    if !path.is_available() {
+        candle_core::bail!("quantized matmul: this CPU has no {} path", path.name());
+    }
+    if acts.m == 0 || n == 0 {
+        return Ok(());
+    }
+    for_each_tile(n, out, |j0, cols, op| {
+        // SAFETY: as in `matmul_quantized_on`.
+        unsafe {
+            let wp = w.as_ptr().add(j0 * nsb * 210);
+            match path {
+                SimdPath::Scalar => scalar::q6k_tile(wp, nsb, cols, acts, op, n),
+                #[cfg(target_arch = "x86_64")]
+                SimdPath::Avx2 => avx2::q6k_tile(wp, nsb, cols, acts, op, n),
+                #[cfg(target_arch = "x86_64")]
+                SimdPath::Avx512Vnni | SimdPath::Avx512Zmm => vnni::q6k_tile(wp, nsb, cols, acts, op, n),
+                #[cfg(not(target_arch = "x86_64"))]
+                _ => unreachable!("checked by is_available"),
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Runs `tile(j0, cols, out + j0)` over the output's columns in tiles of [`COLS`], on candle's
+/// thread pool when there are several.
+fn for_each_tile(n: usize, out: &mut [f32], tile: impl Fn(usize, usize, *mut f32) + Sync) {
     let tiles = n.div_ceil(COLS);
     let out_ptr = SyncPtr(out.as_mut_ptr());
     let run = |range: std::ops::Range<usize>| {
         for t in range {
             let j0 = t * COLS;
-            let cols = COLS.min(n - j0);
-            // SAFETY: columns j0..j0 + cols of every output row belong to this item alone; the
-            // weight rows read are within `w` (checked above).
-            unsafe {
-                let wp = w.as_ptr().add(j0 * stride);
-                let op = out_ptr.get().add(j0);
-                match path {
-                    SimdPath::Scalar => scalar::tile(wt, wp, stride, nb, cols, acts, op, n),
-                    #[cfg(target_arch = "x86_64")]
-                    SimdPath::Avx2 => avx2::tile(wt, wp, stride, nb, cols, acts, op, n),
-                    #[cfg(target_arch = "x86_64")]
-                    SimdPath::Avx512Vnni | SimdPath::Avx512Zmm => vnni::tile(wt, wp, stride, nb, cols, acts, op, n),
-                    #[cfg(not(target_arch = "x86_64"))]
-                    _ => unreachable!("checked by is_available"),
-                }
-            }
+            // SAFETY: j0 < n, within every output row.
+            tile(j0, COLS.min(n - j0), unsafe { out_ptr.get().add(j0) });
         }
     };
     if tiles == 1 {
@@ -466,7 +513,6 @@ pub fn matmul_quantized_on(
     } else {
         candle_core::utils::barrier_pool().execute_chunked(tiles, run);
     }
-    Ok(())
 }
 
 /// Whether [`qmatmul`] covers this weight (a CPU tensor `(n, k)` of a covered type, `k` a
@@ -554,21 +600,46 @@ mod scalar {
                 let blk = &row[b * 34..(b + 1) * 34];
                 (dot(&mut blk[2..34].iter().map(|&q| q as i8 as i32), a), f16_at(blk.as_ptr()), 0.0)
             }
-            WeightType::Q4K => unreachable!("Q4_K runs packed (crate::packed)"),
-            WeightType::Q6K => {
-                let (sb, j) = (b / 8, b % 8);
-                let blk = &row[sb * 210..(sb + 1) * 210];
-                let (ql, qh, sc) = (&blk[..128], &blk[128..192], &blk[192..208]);
-                let (h, t) = (j / 4, j % 4);
-                let value = |l: usize| -> i32 {
-                    let low = ql[64 * h + l + 32 * (t & 1)];
-                    let low = if t < 2 { low & 0x0f } else { low >> 4 };
-                    let high = (qh[32 * h + l] >> (2 * t)) & 3;
-                    (low | (high << 4)) as i32 - 32
-                };
-                let half =
-                    |i: usize| -> i32 { (16 * i..16 * i + 16).map(|l| value(l) * a[l] as i32).sum::<i32>() * sc[2 * j + i] as i8 as i32 };
-                (half(0) + half(1), f16_at(blk[208..].as_ptr()), 0.0)
+            WeightType::Q4K | WeightType::Q6K => unreachable!("the K types take super-blocks (SuperActs)"),
+        }
+    }
+
+    /// Super-block `sb`'s (256 values) exact integer sum of a Q6_K row against activations `a`
+    /// (its 256 values), and its `d`.
+    fn q6k_super_block(row: &[u8], sb: usize, a: &[i8]) -> (i32, f32) {
+        let blk = &row[sb * 210..(sb + 1) * 210];
+        let (ql, qh, sc) = (&blk[..128], &blk[128..192], &blk[192..208]);
+        let mut sum = 0i32;
+        for j in 0..8 {
+            let (h, t) = (j / 4, j % 4);
+            let value = |l: usize| -> i32 {
+                let low = ql[64 * h + l + 32 * (t & 1)];
+                let low = if t < 2 { low & 0x0f } else { low >> 4 };
+                let high = (qh[32 * h + l] >> (2 * t)) & 3;
+                (low | (high << 4)) as i32 - 32
+            };
+            for i in 0..2 {
+                let s: i32 = (16 * i..16 * i + 16).map(|l| value(l) * a[QK * j + l] as i32).sum();
+                sum += s * sc[2 * j + i] as i8 as i32;
+            }
+        }
+        (sum, f16_at(blk[208..].as_ptr()))
+    }
+
+    /// # Safety
+    /// `w` points at `cols` Q6_K weight rows of `nsb` super-blocks, `out` at column 0 of an
+    /// `(m, n)` output.
+    pub(super) unsafe fn q6k_tile(w: *const u8, nsb: usize, cols: usize, acts: &SuperActs, out: *mut f32, n: usize) {
+        for c in 0..cols {
+            let row = std::slice::from_raw_parts(w.add(c * nsb * 210), nsb * 210);
+            for r in 0..acts.m {
+                let mut acc = 0f32;
+                for sb in 0..nsb {
+                    let b = r * nsb + sb;
+                    let (s, d) = q6k_super_block(row, sb, &acts.qs[b * 256..(b + 1) * 256]);
+                    acc = (s as f32).mul_add(d * acts.d[b], acc);
+                }
+                *out.add(r * n + c) = acc;
             }
         }
     }
@@ -603,8 +674,8 @@ mod scalar {
                 }
                 let y = match wt {
                     WeightType::Q4_1 => hsum8(acc) + hsum8(mins),
-                    WeightType::Q8_0 | WeightType::Q6K => hsum8(acc),
-                    WeightType::Q4K => unreachable!("Q4_K runs packed"),
+                    WeightType::Q8_0 => hsum8(acc),
+                    WeightType::Q4K | WeightType::Q6K => unreachable!("the K types take super-blocks"),
                 };
                 *out.add(r * n + c) = y;
             }
@@ -655,10 +726,11 @@ unsafe fn dot_vnni(u: core::arch::x86_64::__m256i, s: core::arch::x86_64::__m256
 /// The x86 kernels, stamped out per path: `$dot` is the integer block dot product and
 /// `$max_rows` the activation rows per register tile.
 ///
-/// Blocks go in groups of eight: the eight blocks' integer sums are reduced into one vector
-/// (lane j: block 8g + j), multiplied by the eight scales in one step and accumulated in one
-/// fma, which is the scalar path's per-lane arithmetic. A ragged last group reads zero-padded
-/// weight blocks (a copy) and the activations' zero padding; its empty lanes add exact zeros.
+/// Q4_1 and Q8_0 blocks go in groups of eight: the eight blocks' integer sums are reduced into
+/// one vector (lane j: block 8g + j), multiplied by the eight scales in one step and accumulated
+/// in one fma, which is the scalar path's per-lane arithmetic. A ragged last group reads
+/// zero-padded weight blocks (a copy) and the activations' zero padding; its empty lanes add
+/// exact zeros. A Q6_K super-block's integer sum is gathered in one vector and reduced once.
 #[cfg(target_arch = "x86_64")]
 macro_rules! x86_path {
     ($name:ident, $features:literal, $dot:ident, $max_rows:literal) => {
@@ -802,12 +874,21 @@ macro_rules! x86_path {
                 }
             }
 
-            /// One Q6_K super-block (eight blocks) at `w` against rows r0..r0+R at block `b0`.
+            /// The sum of the eight i32 lanes (exact).
             #[target_feature(enable = $features)]
             #[inline]
-            unsafe fn q6k_group<const R: usize>(w: *const u8, acts: &QuantizedActs, r0: usize, b0: usize, acc: &mut [__m256; R]) {
+            unsafe fn hsum_i32(v: __m256i) -> i32 {
+                let x = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+                let x = _mm_add_epi32(x, _mm_shuffle_epi32::<0b01_00_11_10>(x));
+                _mm_cvtsi128_si32(_mm_add_epi32(x, _mm_shuffle_epi32::<0b00_00_00_01>(x)))
+            }
+
+            /// One Q6_K super-block at `w` against rows r0..r0+R at super-block `sb`.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn q6k_group<const R: usize>(w: *const u8, acts: &SuperActs, r0: usize, sb: usize, acc: &mut [f32; R]) {
                 let (ql, qh, scp) = (w, w.add(128), w.add(192));
-                let d = _mm256_set1_ps(f16_scalar(w.add(208)));
+                let d = f16_scalar(w.add(208));
                 let (m4, m30) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30));
                 // The unsigned 6-bit values q; the −32 is applied once per row below, through the
                 // activations' half sums.
@@ -839,32 +920,66 @@ macro_rules! x86_path {
                     let pick = _mm256_set_m128i(_mm_set1_epi16(((b + 3) << 8) | (b + 2)), _mm_set1_epi16(((b + 1) << 8) | b));
                     *sc = _mm256_shuffle_epi8(halves[j / 4], pick);
                 }
-                for r in 0..R {
-                    let i = (r0 + r) * acts.nbp + b0;
-                    let a = acts.qs.as_ptr().add(i * QK);
-                    let mut s = [_mm256_setzero_si256(); 8];
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let b = (r0 + r) * acts.nsb + sb;
+                    let a = acts.qs.as_ptr().add(b * 256);
+                    // q · a pairs (≤ 2·63·127), then × each half's scale; the super-block's
+                    // integer sum in one vector (exact: any order).
+                    let mut s = [_mm256_setzero_si256(); 2];
                     for j in 0..8 {
                         let av = _mm256_loadu_si256(a.add(j * QK) as *const __m256i);
-                        // q · a pairs (≤ 2·63·127), then × each half's scale.
-                        s[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(wq[j], av), sc[j]);
+                        s[j % 2] = _mm256_add_epi32(s[j % 2], _mm256_madd_epi16(_mm256_maddubs_epi16(wq[j], av), sc[j]));
                     }
-                    // Lane j: Σ over block j's halves of sc · Σa, times 32: the offset's share.
-                    let hs = _mm256_loadu_si256(acts.hs.as_ptr().add(2 * i) as *const __m256i);
+                    // Σ_h sc_h · Σa_h, times 32: the offset's share.
+                    let hs = _mm256_loadu_si256(acts.hs.as_ptr().add(16 * b) as *const __m256i);
                     let offset = _mm256_slli_epi32::<5>(_mm256_madd_epi16(sc16, hs));
-                    let isum = _mm256_cvtepi32_ps(_mm256_sub_epi32(reduce8(&s), offset));
-                    let da = _mm256_loadu_ps(acts.d.as_ptr().add(i));
-                    acc[r] = _mm256_fmadd_ps(isum, _mm256_mul_ps(d, da), acc[r]);
+                    let isum = hsum_i32(_mm256_sub_epi32(_mm256_add_epi32(s[0], s[1]), offset));
+                    *acc = (isum as f32).mul_add(d * *acts.d.get_unchecked(b), *acc);
                 }
             }
 
             #[target_feature(enable = $features)]
-            unsafe fn q6k<const R: usize>(w: *const u8, nb: usize, acts: &QuantizedActs, r0: usize, out: *mut f32, n: usize) {
-                let mut acc = [_mm256_setzero_ps(); R];
-                for g in 0..nb / 8 {
-                    q6k_group::<R>(w.add(g * 210), acts, r0, g * 8, &mut acc);
+            unsafe fn q6k<const R: usize>(w: *const u8, nsb: usize, acts: &SuperActs, r0: usize, out: *mut f32, n: usize) {
+                let mut acc = [0f32; R];
+                for sb in 0..nsb {
+                    q6k_group::<R>(w.add(sb * 210), acts, r0, sb, &mut acc);
                 }
-                for r in 0..R {
-                    *out.add((r0 + r) * n) = hsum(acc[r]);
+                for (r, acc) in acc.iter().enumerate() {
+                    *out.add((r0 + r) * n) = *acc;
+                }
+            }
+
+            /// `$kernel::<R>` for the tile of `$nr` (1..=MAX_R) rows from `$r0`.
+            macro_rules! rows {
+                ($kernel:ident, $w:expr, $nb:expr, $acts:expr, $out:expr, $n:expr, $r0:expr, $nr:expr) => {
+                    match $nr {
+                        1 => $kernel::<1>($w, $nb, $acts, $r0, $out, $n),
+                        2 if MAX_R >= 2 => $kernel::<2>($w, $nb, $acts, $r0, $out, $n),
+                        3 if MAX_R >= 3 => $kernel::<3>($w, $nb, $acts, $r0, $out, $n),
+                        4 if MAX_R >= 4 => $kernel::<4>($w, $nb, $acts, $r0, $out, $n),
+                        5 if MAX_R >= 5 => $kernel::<5>($w, $nb, $acts, $r0, $out, $n),
+                        6 if MAX_R >= 6 => $kernel::<6>($w, $nb, $acts, $r0, $out, $n),
+                        7 if MAX_R >= 7 => $kernel::<7>($w, $nb, $acts, $r0, $out, $n),
+                        8 if MAX_R >= 8 => $kernel::<8>($w, $nb, $acts, $r0, $out, $n),
+                        _ => unreachable!("row tiles hold 1..={MAX_R} rows"),
+                    }
+                };
+            }
+
+            /// # Safety
+            /// As `scalar::q6k_tile`; the CPU has this path's features.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q6k_tile(w: *const u8, nsb: usize, cols: usize, acts: &SuperActs, out: *mut f32, n: usize) {
+                // As in `tile`: one weight row at a time, each super-block unpacked once per tile
+                // of rows.
+                for c in 0..cols {
+                    let (w, out) = (w.add(c * nsb * 210), out.add(c));
+                    let mut r0 = 0;
+                    while r0 < acts.m {
+                        let nr = (acts.m - r0).min(MAX_R);
+                        rows!(q6k, w, nsb, acts, out, n, r0, nr);
+                        r0 += nr;
+                    }
                 }
             }
 
@@ -882,21 +997,6 @@ macro_rules! x86_path {
                 out: *mut f32,
                 n: usize,
             ) {
-                macro_rules! rows {
-                    ($kernel:ident, $w:expr, $out:expr, $r0:expr, $nr:expr) => {
-                        match $nr {
-                            1 => $kernel::<1>($w, nb, acts, $r0, $out, n),
-                            2 if MAX_R >= 2 => $kernel::<2>($w, nb, acts, $r0, $out, n),
-                            3 if MAX_R >= 3 => $kernel::<3>($w, nb, acts, $r0, $out, n),
-                            4 if MAX_R >= 4 => $kernel::<4>($w, nb, acts, $r0, $out, n),
-                            5 if MAX_R >= 5 => $kernel::<5>($w, nb, acts, $r0, $out, n),
-                            6 if MAX_R >= 6 => $kernel::<6>($w, nb, acts, $r0, $out, n),
-                            7 if MAX_R >= 7 => $kernel::<7>($w, nb, acts, $r0, $out, n),
-                            8 if MAX_R >= 8 => $kernel::<8>($w, nb, acts, $r0, $out, n),
-                            _ => unreachable!("row tiles hold 1..={MAX_R} rows"),
-                        }
-                    };
-                }
                 // One column (weight row) at a time, in memory order: a single sequential stream
                 // is what the hardware prefetchers follow best (interleaving four columns' rows
                 // halved the throughput from memory). Each weight block is loaded and unpacked
@@ -907,10 +1007,9 @@ macro_rules! x86_path {
                     while r0 < acts.m {
                         let rows = (acts.m - r0).min(MAX_R);
                         match wt {
-                            WeightType::Q4_1 => rows!(q4_1, w, out, r0, rows),
-                            WeightType::Q8_0 => rows!(q8_0, w, out, r0, rows),
-                            WeightType::Q6K => rows!(q6k, w, out, r0, rows),
-                            WeightType::Q4K => unreachable!("Q4_K runs packed"),
+                            WeightType::Q4_1 => rows!(q4_1, w, nb, acts, out, n, r0, rows),
+                            WeightType::Q8_0 => rows!(q8_0, w, nb, acts, out, n, r0, rows),
+                            WeightType::Q4K | WeightType::Q6K => unreachable!("the K types take super-blocks"),
                         }
                         r0 += rows;
                     }
@@ -1022,11 +1121,11 @@ mod tests {
     }
 
     /// The activations as the kernels for `wt` see them (8-bit values times their scale): per
-    /// 32 values, or per super-block of 256 for Q4_K.
+    /// 32 values, or per super-block of 256 for the K types.
     fn quantized_activations(wt: WeightType, x: &[f32], m: usize, k: usize) -> Vec<f64> {
         let mut xq = Vec::with_capacity(m * k);
         for r in 0..m {
-            if wt == WeightType::Q4K {
+            if wt.block_values() == 256 {
                 let acts = SuperActs::quantize(&x[r * k..(r + 1) * k], 1, k);
                 xq.extend(acts.row_values(0).iter().enumerate().map(|(i, &q)| q as f64 * acts.d[i / 256] as f64));
             } else {
@@ -1209,6 +1308,7 @@ mod tests {
         assert_eq!((a.qs[40], a.qs[300]), (-2, -127));
         assert_eq!(&a.bs[..2], &[129, -2]);
         assert_eq!(a.bs[8 + 1], -127);
+        assert_eq!((a.hs[0], a.hs[1], a.hs[2], a.hs[16 + 2]), (129, 0, -2, -127));
         assert_eq!(a.qs.iter().filter(|&&q| q != 0).count(), 4);
     }
 

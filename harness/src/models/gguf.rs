@@ -382,8 +382,10 @@ fn packing_text(dtype: GgmlDType, n: usize) -> String {
     let plural = if n == 1 { "" } else { "s" };
     match dtype {
         GgmlDType::Q6K => {
-            let rows = decodebench_kernels::packed::Q6K_PACKED_MIN_ROWS;
-            format!("Q6_K → 8-row interleaved copy for blocks of {rows}+ rows (exact: the bits of the ggml layout, which fewer rows read), {n} tensor{plural}")
+            use decodebench_kernels::packed::{Q6K_LONG_ROW, Q6K_PACKED_MIN_ROWS, Q6K_PACKED_MIN_ROWS_SHORT};
+            format!(
+                "Q6_K → 8-row interleaved copy for blocks of {Q6K_PACKED_MIN_ROWS}+ rows ({Q6K_PACKED_MIN_ROWS_SHORT}+ for rows under {Q6K_LONG_ROW} values) (exact: the bits of the ggml layout, which fewer rows read), {n} tensor{plural}"
+            )
         }
         _ => format!("{} → 8-row interleaved layout for the project's kernels (exact), {n} tensor{plural}", ggml_name(dtype)),
     }
