@@ -33,7 +33,7 @@ use candle_core::quantized::GgmlDType;
 
 #[cfg(target_arch = "x86_64")]
 use crate::lanes::{hsum8_lanes, Avx2Y, Lanes, VnniY, VnniZ};
-use crate::qmatmul::{hsum8, scales_mins_k4, QuantizedActs, SimdPath, SuperActs, SyncPtr, QK};
+use crate::qmatmul::{check_path, hsum8, scales_mins_k4, QuantizedActs, SimdPath, SuperActs, SyncPtr, QK};
 
 /// Weight rows interleaved per packed group.
 pub const GROUP_COLS: usize = 8;
@@ -159,13 +159,6 @@ fn check_super_call(n: usize, k: usize, path: SimdPath, acts: &SuperActs, out: &
         candle_core::bail!("packed matmul: {} activation super-blocks per row, {} outputs for ({}, {n})", acts.nsb, out.len(), acts.m);
     }
     check_path(path)
-}
-
-fn check_path(path: SimdPath) -> Result<()> {
-    if !path.is_available() {
-        candle_core::bail!("quantized matmul: this CPU has no {} path", path.name());
-    }
-    Ok(())
 }
 
 /// A Q4_K weight `(n, k)` in the interleaved layout.

@@ -388,19 +388,16 @@ pub fn matmul_on(path: SimdPath, wt: WeightType, w: &[u8], n: usize, k: usize, x
     if !wt.fits(k) {
         candle_core::bail!("quantized matmul: k = {k} is not a multiple of {} ({})", wt.block_values(), wt.name());
     }
-    if wt == WeightType::Q4K {
-        // Q4_K runs in its interleaved layout on activations in super-blocks (models repack once
-        // at load, see [`qmatmul_packed`]).
+    if matches!(wt, WeightType::Q4K | WeightType::Q6K) {
         if x.len() != m * k {
             candle_core::bail!("quantized matmul: {} input values for {m} rows of {k}", x.len());
         }
-        return crate::packed::PackedQ4K::new(w, n, k)?.matmul_quantized_on(path, &SuperActs::quantize(x, m, k), out);
-    }
-    if wt == WeightType::Q6K {
-        if x.len() != m * k {
-            candle_core::bail!("quantized matmul: {} input values for {m} rows of {k}", x.len());
-        }
-        return matmul_q6k_on(path, w, n, k, &SuperActs::quantize(x, m, k), out);
+        let acts = SuperActs::quantize(x, m, k);
+        // Q4_K runs in its interleaved layout (models repack once at load, see [`qmatmul_packed`]).
+        return match wt {
+            WeightType::Q4K => crate::packed::PackedQ4K::new(w, n, k)?.matmul_quantized_on(path, &acts, out),
+            _ => matmul_q6k_on(path, w, n, k, &acts, out),
+        };
     }
     let acts = QuantizedActs::quantize(x, m, k);
     matmul_quantized_on(path, wt, w, n, k, &acts, out)
@@ -417,6 +414,9 @@ pub fn matmul_quantized_on(
     acts: &QuantizedActs,
     out: &mut [f32],
 ) -> Result<()> {
+    if matches!(wt, WeightType::Q4K | WeightType::Q6K) {
+        candle_core::bail!("quantized matmul: {} takes activations in super-blocks (SuperActs)", wt.name());
+    }
     let nb = k / QK;
     let stride = k / wt.block_values() * wt.block_bytes();
     if !wt.fits(k) || acts.nb != nb || w.len() != n * stride || out.len() != acts.m * n {
@@ -429,14 +429,9 @@ pub fn matmul_quantized_on(
             acts.m
         );
     }
-    if !path.is_available() {
-        candle_core::bail!("quantized matmul: this CPU has no {} path", path.name());
-    }
+    check_path(path)?;
     if acts.m == 0 || n == 0 {
         return Ok(());
-    }
-    if matches!(wt, WeightType::Q4K | WeightType::Q6K) {
-        candle_core::bail!("quantized matmul: {} takes activations in super-blocks (SuperActs)", wt.name());
     }
     for_each_tile(n, out, |j0, cols, op| {
         // SAFETY: the weight rows j0..j0 + cols are within `w` (checked above); `op` is column
@@ -472,9 +467,7 @@ pub fn matmul_q6k_on(path: SimdPath, w: &[u8], n: usize, k: usize, acts: &SuperA
             acts.m
         );
     }
-    if !path.is_available() {
-        candle_core::bail!("quantized matmul: this CPU has no {} path", path.name());
-    }
+    check_path(path)?;
     if acts.m == 0 || n == 0 {
         return Ok(());
     }
@@ -493,6 +486,14 @@ pub fn matmul_q6k_on(path: SimdPath, w: &[u8], n: usize, k: usize, acts: &SuperA
             }
         }
     });
+    Ok(())
+}
+
+/// An error unless this CPU runs `path`.
+pub(crate) fn check_path(path: SimdPath) -> Result<()> {
+    if !path.is_available() {
+        candle_core::bail!("quantized matmul: this CPU has no {} path", path.name());
+    }
     Ok(())
 }
 
