@@ -402,7 +402,7 @@ unsafe fn q4k_rows<V: Lanes, const R: usize>(
 /// tile of rows) wins (`benches/kernels.rs`, `Q6_K/*/m*`). Both give the same bits.
 pub const Q6K_PACKED_MIN_ROWS: usize = 2;
 /// Rows of fewer values (a few super-blocks each, as the 151936x1536 head) stay on ggml's layout
-/// up to [`Q6K_PACKED_MIN_ROWS_SHORT`] activation rows: there the extra bytes of this layout cost
+/// below [`Q6K_PACKED_MIN_ROWS_SHORT`] activation rows: there the extra bytes of this layout cost
 /// more than its unpacking saves (Zen 4, 2 threads, head: 2 rows 6.8 ms against 9.6 packed, 4 rows
 /// 8.7 against 10.5, 8 rows 17.3 against 11.7; the 1536x8960 down projection: 2 rows 0.74 ms
 /// against 0.62 packed).
