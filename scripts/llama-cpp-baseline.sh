@@ -21,7 +21,13 @@
 #    256 cached tokens are processed before each timed run) next to `decodebench calibrate
 #    --context 256` (median forward ms), with each engine's c(N)/c(1).
 #
-# Environment: THREADS (default: nproc; both engines use that many), GAMMA (4), N (128 new tokens), DECODEBENCH (the
+# Every measurement runs ROUNDS times (default 3), the two engines alternating, and the tables
+# give medians; a ratio is the median of the rounds' ratios (each round's two numbers measured
+# a minute apart at most), with the rounds' range beside it when ROUNDS > 1. On a shared machine
+# one engine's single run can land in a busy minute (here once: llama.cpp's single-token forward
+# at 58.7 ms against 35-36 in the next runs); alternating rounds spread that over both.
+#
+# Environment: ROUNDS (3), THREADS (default: nproc; both engines use that many), GAMMA (4), N (128 new tokens), DECODEBENCH (the
 # binary; default target/release/decodebench, built with `cargo build --release` if missing),
 # DECODEBENCH_HOME, DECODEBENCH_PIP (default `python3 -m pip`), LLAMA_CPP_PYTHON_VERSION
 # (0.3.36). Timings on a shared machine are noisy: the table says what ran when.
@@ -35,6 +41,7 @@ THREADS=${THREADS:-$(nproc)}
 export CANDLE_NUM_THREADS=$THREADS RAYON_NUM_THREADS=$THREADS
 GAMMA=${GAMMA:-4}
 N=${N:-128}
+ROUNDS=${ROUNDS:-3}
 BLOCKS=${BLOCKS:-1,2,4,8,16,32,64}
 PIP=${DECODEBENCH_PIP:-python3 -m pip}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -64,6 +71,20 @@ if grep -qw amx_int8 /proc/cpuinfo; then
 fi
 
 log() { echo "llama-cpp-baseline: $*" >&2; }
+
+# summary A_VALUES B_VALUES: "median(A) median(B) ratio", the ratio the median of the rounds'
+# B/A, followed by "[min-max]" of them when there are several rounds. One value per round,
+# space-separated.
+summary() {
+    python3 - "$1" "$2" <<'EOF'
+import statistics, sys
+a = [float(x) for x in sys.argv[1].split()]
+b = [float(x) for x in sys.argv[2].split()]
+r = [y / x for x, y in zip(a, b)]
+rng = f" [{min(r):.2f}-{max(r):.2f}]" if len(r) > 1 else ""
+print(f"{statistics.median(a):.1f} {statistics.median(b):.1f} {statistics.median(r):.2f}x{rng}")
+EOF
+}
 
 # build_llama_cpp BUILD_DIR [CFLAGS]
 build_llama_cpp() {
@@ -212,10 +233,13 @@ main() {
     while read -r name path; do
         PATHS[$name]=$path
         if [[ $# -gt 0 && ! " $* " == *" $name "* ]]; then continue; fi
-        local lt db
-        lt=$(llama_tg "$path")
-        db=$(db_tps --model "$name" | cut -d' ' -f1)
-        echo "| $name | $(weight_types "$path") | $lt | $db | $(python3 -c "print(f'{$db / $lt:.2f}x')") |"
+        local lts="" dbs="" lt db ratio
+        for ((round = 0; round < ROUNDS; round++)); do
+            lts+=" $(llama_tg "$path")"
+            dbs+=" $(db_tps --model "$name" | cut -d' ' -f1)"
+        done
+        read -r lt db ratio < <(summary "$lts" "$dbs")
+        echo "| $name | $(weight_types "$path") | $lt | $db | $ratio |"
     done < <(installed_models)
     local t=qwen2.5-coder-1.5b d=qwen2.5-coder-0.5b
     if [[ -n ${PATHS[$t]:-} && -n ${PATHS[$d]:-} ]]; then
@@ -224,36 +248,63 @@ main() {
         echo
         echo "| engine | plain tok/s | speculative tok/s | speedup | acceptance |"
         echo "| --- | ---: | ---: | ---: | --- |"
-        local plain spec acc
-        plain=$(llama_tg "${PATHS[$t]}")
-        read -r spec acc < <(llama_spec "${PATHS[$t]}" "${PATHS[$d]}")
-        echo "| llama.cpp (llama-bench tg$N; llama-speculative-simple --spec-draft-n-max $GAMMA) | $plain | $spec | $(python3 -c "print(f'{$spec / $plain:.2f}x')" 2>/dev/null || echo n/a) | $acc% of drafted tokens |"
-        local g s
-        g=$(DB_RAW=1 db_tps --model "$t")
-        s=$(DB_RAW=1 db_tps --model "$t" --strategy speculative --draft "$d" --gamma "$GAMMA")
-        echo "| decodebench (greedy; --strategy speculative --gamma $GAMMA) | ${g%% *} | ${s%% *} | $(python3 -c "print(f'{${s%% *} / ${g%% *}:.2f}x')") | $(echo "$s" | cut -d' ' -f3) tokens per target forward |"
+        local plains="" specs="" gs="" ss="" spec acc g s plain_m spec_m ratio lc_row="n/a"
+        for ((round = 0; round < ROUNDS; round++)); do
+            plains+=" $(llama_tg "${PATHS[$t]}")"
+            read -r spec acc < <(llama_spec "${PATHS[$t]}" "${PATHS[$d]}")
+            specs+=" $spec"
+            g=$(DB_RAW=1 db_tps --model "$t")
+            s=$(DB_RAW=1 db_tps --model "$t" --strategy speculative --draft "$d" --gamma "$GAMMA")
+            gs+=" ${g%% *}"
+            ss+=" ${s%% *}"
+        done
+        if [[ $specs != *n/a* ]]; then
+            read -r plain_m spec_m ratio < <(summary "$plains" "$specs")
+            lc_row="$plain_m | $spec_m | $ratio"
+        fi
+        echo "| llama.cpp (llama-bench tg$N; llama-speculative-simple --spec-draft-n-max $GAMMA) | $lc_row | $acc% of drafted tokens |"
+        read -r plain_m spec_m ratio < <(summary "$gs" "$ss")
+        echo "| decodebench (greedy; --strategy speculative --gamma $GAMMA) | $plain_m | $spec_m | $ratio | $(echo "$s" | cut -d' ' -f3) tokens per target forward |"
     fi
     if [[ -n ${PATHS[$t]:-} ]]; then
         echo
         echo "Block verification on $t: one forward over N new tokens after a 256-token cache (ms):"
         echo
-        # One engine after the other (never side by side on the same cores).
-        local lc_blocks db_blocks_ms
-        lc_blocks=$(llama_blocks "${PATHS[$t]}")
-        db_blocks_ms=$(db_blocks "$t")
+        # One engine after the other (never side by side on the same cores), ROUNDS times; each
+        # round's output is one "N MS" line per block size, rounds separated by a "-" line.
+        local lc_blocks="" db_blocks_ms=""
+        for ((round = 0; round < ROUNDS; round++)); do
+            lc_blocks+="$(llama_blocks "${PATHS[$t]}")"$'\n-\n'
+            db_blocks_ms+="$(db_blocks "$t")"$'\n-\n'
+        done
         python3 - "$lc_blocks" "$db_blocks_ms" <<'EOF'
-import sys
-read = lambda text: {int(n): float(ms) for n, ms in (line.split() for line in text.splitlines() if line.strip())}
-lc, db = read(sys.argv[1]), read(sys.argv[2])
+import statistics, sys
+def rounds(text):
+    out = []
+    for chunk in text.split("\n-\n"):
+        r = {int(n): float(ms) for n, ms in (line.split() for line in chunk.splitlines() if line.strip())}
+        if r:
+            out.append(r)
+    return out
+lcr, dbr = rounds(sys.argv[1]), rounds(sys.argv[2])
+med = lambda rs, n: statistics.median([r[n] for r in rs if n in r]) if any(n in r for r in rs) else None
+sizes = sorted({n for r in lcr + dbr for n in r})
+lc, db = {n: med(lcr, n) for n in sizes}, {n: med(dbr, n) for n in sizes}
+print(f"Medians of {max(len(lcr), len(dbr))} rounds; a ratio is the median of the rounds' ratios [their range].")
+print()
 print("| N | llama.cpp ms | decodebench ms | decodebench / llama.cpp | llama.cpp c(N)/c(1) | decodebench c(N)/c(1) |")
 print("| ---: | ---: | ---: | ---: | ---: | ---: |")
-for n in sorted(set(lc) | set(db)):
-    l, d = lc.get(n), db.get(n)
+def ratios(f, unit=""):
+    rs = [x for x in (f(a, b) for a, b in zip(lcr, dbr)) if x is not None]
+    if not rs:
+        return "n/a"
+    return f"{statistics.median(rs):.2f}{unit}" + (f" [{min(rs):.2f}-{max(rs):.2f}]" if len(rs) > 1 else "")
+for n in sizes:
     cell = lambda x: "n/a" if x is None else f"{x:.1f}"
-    ratio = f"{d / l:.2f}x" if l and d else "n/a"
-    cl = f"{l / lc[1]:.2f}" if l and lc.get(1) else "n/a"
-    cd = f"{d / db[1]:.2f}" if d and db.get(1) else "n/a"
-    print(f"| {n} | {cell(l)} | {cell(d)} | {ratio} | {cl} | {cd} |")
+    ratio = ratios(lambda a, b: b[n] / a[n] if n in a and n in b else None, "x")
+    cl = ratios(lambda a, b: a[n] / a[1] if n in a and 1 in a else None)
+    cd = ratios(lambda a, b: b[n] / b[1] if n in b and 1 in b else None)
+    print(f"| {n} | {cell(lc[n])} | {cell(db[n])} | {ratio} | {cl} | {cd} |")
 EOF
     fi
     echo
