@@ -265,11 +265,7 @@ impl QuantizedActs {
                 quantize_row(&x[r * k..(r + 1) * k], qs, d, sa);
             }
         };
-        if m < 8 {
-            rows(0..m);
-        } else {
-            candle_core::utils::barrier_pool().execute_chunked(m, rows);
-        }
+        for_rows(m, rows);
         acts
     }
 
@@ -351,17 +347,23 @@ impl SuperActs {
                 }
             }
         };
-        if m < 8 {
-            rows(0..m);
-        } else {
-            candle_core::utils::barrier_pool().execute_chunked(m, rows);
-        }
+        for_rows(m, rows);
         acts
     }
 
     /// Row `r`'s values.
     pub fn row_values(&self, r: usize) -> &[i8] {
         &self.qs[r * self.nsb * 256..(r + 1) * self.nsb * 256]
+    }
+}
+
+/// Runs `rows` over `0..m`: on candle's thread pool from 8 rows, on this thread below (where
+/// the pool's start costs more than the work).
+fn for_rows(m: usize, rows: impl Fn(std::ops::Range<usize>) + Sync) {
+    if m < 8 {
+        rows(0..m);
+    } else {
+        candle_core::utils::barrier_pool().execute_chunked(m, rows);
     }
 }
 
