@@ -1298,7 +1298,7 @@ mod tests {
         assert_eq!(a.d, vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
         assert_eq!(a.sa, vec![0.0; 8]);
         assert!(a.qs[32..].iter().all(|&q| q == 0) && a.qs.len() == 8 * 32);
-        // In super-blocks of 256 (Q4_K's): one scale, sums per 32 values.
+        // In super-blocks of 256 (the K types'): one scale, sums per 32 and per 16 values.
         let mut x = vec![0f32; 512];
         x[0] = 254.0;
         x[1] = 1.0;
