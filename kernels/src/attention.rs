@@ -132,8 +132,96 @@ mod fma {
         sum
     }
 
+    /// `scores[i] = dot(q, row(keys[i]))` for every key, with [`dot`]'s operations per key (so
+    /// its bits), four keys at a time: their eight independent chains hide the FMA latency that
+    /// one key's two chains leave exposed, and each `q` load serves four keys.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; every `row(j)` holds `q.len()` values.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub unsafe fn dots<'a>(q: &[f32], keys: &[usize], row: impl Fn(usize) -> &'a [f32], scores: &mut Vec<f32>) {
+        let n = q.len();
+        let pq = q.as_ptr();
+        let mut quads = keys.chunks_exact(4);
+        for quad in &mut quads {
+            let p: [*const f32; 4] = std::array::from_fn(|c| row(quad[c]).as_ptr());
+            let (mut s0, mut s1) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+            let mut i = 0;
+            while i + 16 <= n {
+                let (q0, q1) = (_mm256_loadu_ps(pq.add(i)), _mm256_loadu_ps(pq.add(i + 8)));
+                for c in 0..4 {
+                    s0[c] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(p[c].add(i)), s0[c]);
+                    s1[c] = _mm256_fmadd_ps(q1, _mm256_loadu_ps(p[c].add(i + 8)), s1[c]);
+                }
+                i += 16;
+            }
+            if i + 8 <= n {
+                let q0 = _mm256_loadu_ps(pq.add(i));
+                for c in 0..4 {
+                    s0[c] = _mm256_fmadd_ps(q0, _mm256_loadu_ps(p[c].add(i)), s0[c]);
+                }
+                i += 8;
+            }
+            for c in 0..4 {
+                let s = _mm256_add_ps(s0[c], s1[c]);
+                let x = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+                let x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+                let mut sum = _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
+                for (t, &qt) in q.iter().enumerate().skip(i) {
+                    // `mul_add` on f32 is the FMA instruction here (the feature is enabled).
+                    sum = qt.mul_add(*p[c].add(t), sum);
+                }
+                scores.push(sum);
+            }
+        }
+        for &j in quads.remainder() {
+            scores.push(dot(q, row(j)));
+        }
+    }
+
+    /// `out = Σ_i w[i] · row(keys[i])`, with the operations of `out.fill(0)` then `axpy` per
+    /// key in order (so its bits), 64 values at a time: the running sums stay in eight
+    /// registers across all the keys instead of a load and a store of `out` per key.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `w.len() == keys.len()`; every `row(j)` holds `out.len()` values.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub unsafe fn weighted_sum<'a>(out: &mut [f32], w: &[f32], keys: &[usize], row: impl Fn(usize) -> &'a [f32]) {
+        let n = out.len();
+        let po = out.as_mut_ptr();
+        let vector_end = n - n % 8;
+        let mut c = 0;
+        while c < vector_end {
+            // Up to eight registers of eight values.
+            let regs = ((vector_end - c) / 8).min(8);
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for (&w, &j) in w.iter().zip(keys) {
+                let (wv, x) = (_mm256_set1_ps(w), row(j).as_ptr().add(c));
+                for (r, acc) in acc.iter_mut().enumerate().take(regs) {
+                    *acc = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.add(8 * r)), *acc);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate().take(regs) {
+                _mm256_storeu_ps(po.add(c + 8 * r), *acc);
+            }
+            c += 8 * regs;
+        }
+        for (t, out) in out.iter_mut().enumerate().skip(vector_end) {
+            let mut o = 0f32;
+            for (&w, &j) in w.iter().zip(keys) {
+                o = w.mul_add(row(j)[t], o);
+            }
+            *out = o;
+        }
+    }
+
+    /// `out += w · x` (what [`weighted_sum`] does key after key; the tests' reference for it).
+    ///
     /// # Safety
     /// The CPU has AVX2 and FMA; `out.len() == x.len()`.
+    #[cfg(test)]
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     pub unsafe fn axpy(out: &mut [f32], w: f32, x: &[f32]) {
@@ -166,13 +254,26 @@ impl ExactAttention {
             // SAFETY: `use_fma` found AVX2 + FMA.
             return unsafe { self.head_fma(q, k, v, idx, hd, out) };
         }
-        self.head_with(q, k, v, idx, hd, out, dot, axpy)
+        self.head_with(
+            q,
+            k,
+            v,
+            idx,
+            hd,
+            out,
+            |q, keys, row, scores| scores.extend(keys.iter().map(|&j| dot(q, row(j)))),
+            |out, w, keys, row| {
+                out.fill(0.0);
+                for (&w, &j) in w.iter().zip(keys) {
+                    axpy(out, w, row(j));
+                }
+            },
+        )
     }
 
-    /// [`Self::head`] compiled for AVX2 + FMA, so that [`fma::dot`] and [`fma::axpy`] inline into
-    /// the loop over keys instead of costing a call per key (SmolLM2, 64 values per head:
-    /// attention's share of a 512-token greedy run's CPU samples went from 17.5% to 15.2%). The
-    /// operations, and so the bits, are those of the called forms.
+    /// [`Self::head`] compiled for AVX2 + FMA, with [`fma::dots`] (four keys at a time) and
+    /// [`fma::weighted_sum`] (the output row held in registers) inlined: the operations, and so
+    /// the bits, of [`fma::dot`] per key and of [`fma::axpy`] key after key.
     ///
     /// # Safety
     /// The CPU has AVX2 and FMA.
@@ -180,45 +281,54 @@ impl ExactAttention {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn head_fma(&self, q: &View, k: &View, v: &View, idx: (usize, usize, usize), hd: usize, out: &mut [f32]) {
         // SAFETY: the features are this function's; rows and outputs hold hd values.
-        self.head_with(q, k, v, idx, hd, out, |a, b| unsafe { fma::dot(a, b) }, |o, w, x| unsafe { fma::axpy(o, w, x) })
+        self.head_with(
+            q,
+            k,
+            v,
+            idx,
+            hd,
+            out,
+            |q, keys, row, scores| unsafe { fma::dots(q, keys, row, scores) },
+            |out, w, keys, row| unsafe { fma::weighted_sum(out, w, keys, row) },
+        )
     }
 
-    /// The head's arithmetic with the given dot product and `out += w · x`.
+    /// The head's arithmetic with the given scoring (`scores(q_row, keys, k_row, scores)`
+    /// appends each key's dot product) and weighting (`weigh(out_row, weights, keys, v_row)`
+    /// writes `Σ w · v_row`).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn head_with(
+    fn head_with<'a>(
         &self,
         q: &View,
-        k: &View,
-        v: &View,
+        k: &'a View,
+        v: &'a View,
         (bi, hi, kv): (usize, usize, usize),
         hd: usize,
         out: &mut [f32],
-        dot: impl Fn(&[f32], &[f32]) -> f32,
-        axpy: impl Fn(&mut [f32], f32, &[f32]),
+        score: impl Fn(&[f32], &[usize], &dyn Fn(usize) -> &'a [f32], &mut Vec<f32>),
+        weigh: impl Fn(&mut [f32], &[f32], &[usize], &dyn Fn(usize) -> &'a [f32]),
     ) {
         let cache_len = self.cache_len;
         let total = cache_len + self.visible.iter().map(|v| v.len()).max().unwrap_or(0);
         let mut scores: Vec<f32> = Vec::with_capacity(total);
         let mut keys: Vec<usize> = Vec::with_capacity(total);
+        let k_row = |j: usize| k.row(bi, kv, j, hd);
+        let v_row = |j: usize| v.row(bi, kv, j, hd);
         for (i, out_row) in out.chunks_mut(hd).enumerate() {
             let q_row = q.row(bi, hi, i, hd);
             keys.clear();
             keys.extend((0..cache_len).chain(self.visible[i].iter().map(|&j| cache_len + j)));
             scores.clear();
-            for &j in &keys {
-                scores.push(dot(q_row, k.row(bi, kv, j, hd)) * self.scale);
-            }
+            score(q_row, &keys, &k_row, &mut scores);
+            scores.iter_mut().for_each(|s| *s *= self.scale);
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
             for s in scores.iter_mut() {
                 *s = (*s - max).exp();
                 sum += *s;
             }
-            out_row.fill(0.0);
-            for (&w, &j) in scores.iter().zip(&keys) {
-                axpy(out_row, w, v.row(bi, kv, j, hd));
-            }
+            weigh(out_row, &scores, &keys, &v_row);
             let inv = 1.0 / sum;
             out_row.iter_mut().for_each(|o| *o *= inv);
         }
@@ -335,5 +445,53 @@ mod tests {
             "max abs diff against f64: portable dot {:.2e}, axpy {:.2e}; fma dot {:.2e}, axpy {:.2e}",
             worst[0], worst[1], worst[2], worst[3]
         );
+    }
+
+    /// The blocked forms give, bit for bit, what they replace: `fma::dots` the per-key
+    /// `fma::dot`, `fma::weighted_sum` a zeroed row plus `fma::axpy` key after key, for head
+    /// sizes with and without a tail and key counts on both sides of the groups of four.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn blocked_fma_forms_give_the_bits_of_the_per_key_forms() {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            eprintln!("no AVX2 + FMA on this CPU: nothing to compare");
+            return;
+        }
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        };
+        for hd in [5usize, 13, 64, 72, 100, 128, 131, 200] {
+            let rows: Vec<Vec<f32>> = (0..41).map(|_| (0..hd).map(|_| next()).collect()).collect();
+            let q: Vec<f32> = (0..hd).map(|_| next()).collect();
+            for nkeys in [1usize, 2, 3, 4, 5, 7, 8, 9, 37] {
+                // Keys out of order and repeated, as a tree's ancestors need not be.
+                let keys: Vec<usize> = (0..nkeys).map(|i| (i * 7 + 3) % rows.len()).collect();
+                let w: Vec<f32> = (0..nkeys).map(|_| next().abs()).collect();
+                let mut scores = Vec::new();
+                // SAFETY: the features were checked above; every row holds hd values.
+                unsafe { super::fma::dots(&q, &keys, |j| rows[j].as_slice(), &mut scores) };
+                let per_key: Vec<f32> = keys.iter().map(|&j| unsafe { super::fma::dot(&q, &rows[j]) }).collect();
+                assert_eq!(
+                    scores.iter().map(|s| s.to_bits()).collect::<Vec<_>>(),
+                    per_key.iter().map(|s| s.to_bits()).collect::<Vec<_>>(),
+                    "dots: hd {hd}, {nkeys} keys"
+                );
+                let mut out = vec![f32::NAN; hd];
+                unsafe { super::fma::weighted_sum(&mut out, &w, &keys, |j| rows[j].as_slice()) };
+                let mut reference = vec![0f32; hd];
+                for (&w, &j) in w.iter().zip(&keys) {
+                    unsafe { super::fma::axpy(&mut reference, w, &rows[j]) };
+                }
+                assert_eq!(
+                    out.iter().map(|s| s.to_bits()).collect::<Vec<_>>(),
+                    reference.iter().map(|s| s.to_bits()).collect::<Vec<_>>(),
+                    "weighted sum: hd {hd}, {nkeys} keys"
+                );
+            }
+        }
     }
 }
