@@ -105,5 +105,69 @@ fn main() {
             }
         }
     }
+    fused(&mut c, working_set);
     c.final_summary();
+}
+
+/// Groups `fused/<layer part>/m<rows>`: the products of one Qwen-1.5B layer that share an input,
+/// each on its own (`separate`: one parallel region and one activation quantization each) or
+/// fused (`fused`: `matmul_fused_on`, one of each), on the selected path, with the layouts models
+/// take at that row count. Same bits either way (tested); the difference is the per-product
+/// start and barrier of the thread pool.
+fn fused(c: &mut Criterion, working_set: usize) {
+    use decodebench_kernels::qmatmul::{matmul_fused_on, Operand};
+    let dev = Device::Cpu;
+    let parts: [(&str, &[(WeightType, usize)]); 2] = [
+        ("qwen-1.5b-qkv", &[(WeightType::Q4K, 1536), (WeightType::Q4K, 256), (WeightType::Q6K, 256)]),
+        ("qwen-1.5b-gate-up", &[(WeightType::Q4K, 8960), (WeightType::Q4K, 8960)]),
+    ];
+    let k = 1536;
+    let path = selected_path();
+    for (part, weights) in parts {
+        let raw_one: Vec<(WeightType, usize, Vec<u8>)> = weights
+            .iter()
+            .map(|&(wt, n)| {
+                let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+                (wt, n, QTensor::quantize(&w, wt.ggml()).unwrap().data().unwrap().into_owned())
+            })
+            .collect();
+        let bytes: usize = raw_one.iter().map(|(_, _, r)| r.len()).sum();
+        let copies = working_set.div_ceil(bytes).max(1);
+        // Per copy, per weight: its rows, its ggml bytes and its packed copy.
+        let sets: Vec<Vec<(usize, Vec<u8>, PackedWeight)>> = (0..copies)
+            .map(|_| {
+                raw_one
+                    .iter()
+                    .map(|(wt, n, r)| (*n, r.clone(), PackedWeight::new(wt.ggml(), r, *n, k).unwrap().expect("a packed type")))
+                    .collect()
+            })
+            .collect();
+        for m in [1usize, 8] {
+            let xs: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let ops: Vec<Vec<Operand>> = sets
+                .iter()
+                .map(|set| {
+                    set.iter().map(|(n, r, p)| if p.serves(m) { Operand::Packed(p) } else { Operand::Q6kGgml { data: r, n: *n } }).collect()
+                })
+                .collect();
+            let mut group = c.benchmark_group(format!("fused/{part}/m{m}"));
+            group.throughput(Throughput::BytesDecimal(bytes as u64));
+            let mut i = 0usize;
+            group.bench_function(BenchmarkId::new("separate", path.name()), |b| {
+                b.iter(|| {
+                    i = (i + 1) % copies;
+                    for op in &ops[i] {
+                        black_box(matmul_fused_on(path, std::slice::from_ref(op), &xs, m).unwrap());
+                    }
+                })
+            });
+            group.bench_function(BenchmarkId::new("fused", path.name()), |b| {
+                b.iter(|| {
+                    i = (i + 1) % copies;
+                    black_box(matmul_fused_on(path, &ops[i], &xs, m).unwrap())
+                })
+            });
+            group.finish();
+        }
+    }
 }

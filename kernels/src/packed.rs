@@ -33,7 +33,7 @@ use candle_core::quantized::GgmlDType;
 
 #[cfg(target_arch = "x86_64")]
 use crate::lanes::{hsum8_lanes, Avx2Y, Lanes, VnniY, VnniZ};
-use crate::qmatmul::{check_path, hsum8, scales_mins_k4, QuantizedActs, SimdPath, SuperActs, SyncPtr, QK};
+use crate::qmatmul::{check_path, hsum8, run, scales_mins_k4, QuantizedActs, SimdPath, SuperActs, SyncPtr, Work, QK};
 
 /// Weight rows interleaved per packed group.
 pub const GROUP_COLS: usize = 8;
@@ -106,36 +106,29 @@ impl PackedWeight {
     }
 }
 
-/// Runs `group(chunks, out, cols, groups)` over the groups of eight columns of an `(m, n)`
-/// output, `per_call` (1 or 2) adjacent groups at a time (the last call may get one), on
-/// candle's thread pool when there are several calls: `chunks` points at the first group's
-/// `group_bytes` of `data` (the next group's follow), `out` at its first column, `cols` is how
-/// many of the call's columns exist.
-fn for_each_group(
+/// The work of `group(chunks, out, cols, groups)` over the groups of eight columns of an
+/// `(m, n)` output, `per_call` (1 or 2) adjacent groups a call (the last call may get one):
+/// `chunks` points at the call's first group's `group_bytes` of `data` (the next group's follow),
+/// `out` at its first column, `cols` is how many of the call's columns exist.
+fn group_work<'a>(
     n: usize,
-    data: &[u8],
+    data: &'a [u8],
     group_bytes: usize,
-    out: &mut [f32],
+    out: &'a mut [f32],
     per_call: usize,
-    group: impl Fn(*const u8, *mut f32, usize, usize) + Sync,
-) {
+    group: impl Fn(*const u8, *mut f32, usize, usize) + Sync + 'a,
+) -> Work<'a> {
     debug_assert_eq!(data.len(), n.div_ceil(GROUP_COLS) * group_bytes);
     let out_ptr = SyncPtr(out.as_mut_ptr());
     let groups = n.div_ceil(GROUP_COLS);
-    let one = |c: usize| {
+    Work::new(groups.div_ceil(per_call), move |c| {
         let g = c * per_call;
         let in_call = per_call.min(groups - g);
         // SAFETY: the call's groups' bytes are within `data`, and their columns of every output
         // row belong to this call of `group` alone.
         let (chunks, first) = unsafe { (data.as_ptr().add(g * group_bytes), out_ptr.get().add(g * GROUP_COLS)) };
         group(chunks, first, (in_call * GROUP_COLS).min(n - g * GROUP_COLS), in_call)
-    };
-    let calls = groups.div_ceil(per_call);
-    if calls == 1 {
-        one(0);
-    } else {
-        candle_core::utils::barrier_pool().execute_chunked(calls, |range| range.for_each(&one));
-    }
+    })
 }
 
 /// Groups per call of a kernel on `path`: two for the 512-bit one, one otherwise.
@@ -212,10 +205,15 @@ impl PackedQ4K {
 
     /// `out (m, n) = acts · Wᵀ` on `path`, split over groups of columns on candle's thread pool.
     pub fn matmul_quantized_on(&self, path: SimdPath, acts: &SuperActs, out: &mut [f32]) -> Result<()> {
+        run(&[self.work(path, acts, out)?]);
+        Ok(())
+    }
+
+    pub(crate) fn work<'a>(&'a self, path: SimdPath, acts: &'a SuperActs, out: &'a mut [f32]) -> Result<Work<'a>> {
         check_super_call(self.n, self.k, path, acts, out)?;
         let (n, nsb) = (self.n, self.k / 256);
         let gb = nsb * UNIT;
-        for_each_group(n, &self.data, gb, out, groups_per_call(path), |p, o, cols, groups| {
+        Ok(group_work(n, &self.data, gb, out, groups_per_call(path), move |p, o, cols, groups| {
             // SAFETY: `p` is the call's `groups` groups of nsb units, `o` its first output column.
             unsafe {
                 match path {
@@ -230,8 +228,7 @@ impl PackedQ4K {
                     _ => unreachable!("checked by is_available"),
                 }
             }
-        });
-        Ok(())
+        }))
     }
 }
 
@@ -491,12 +488,17 @@ impl PackedQ6K {
 
     /// `out (m, n) = acts · Wᵀ` on `path`, split over groups of columns on candle's thread pool.
     pub fn matmul_quantized_on(&self, path: SimdPath, acts: &SuperActs, out: &mut [f32]) -> Result<()> {
+        run(&[self.work(path, acts, out)?]);
+        Ok(())
+    }
+
+    pub(crate) fn work<'a>(&'a self, path: SimdPath, acts: &'a SuperActs, out: &'a mut [f32]) -> Result<Work<'a>> {
         check_super_call(self.n, self.k, path, acts, out)?;
         // The activations as unsigned bytes a + 128, for the u8 × i8 products.
         let au: Vec<u8> = if path == SimdPath::Scalar { Vec::new() } else { acts.qs.iter().map(|&q| q as u8 ^ 0x80).collect() };
         let (n, nsb) = (self.n, self.k / 256);
         let gb = 8 * nsb * Q6K_CHUNK;
-        for_each_group(n, &self.data, gb, out, groups_per_call(path), |p, o, cols, groups| {
+        Ok(group_work(n, &self.data, gb, out, groups_per_call(path), move |p, o, cols, groups| {
             // SAFETY: `p` is the call's `groups` groups of 8 · nsb chunks, `o` its first output column.
             unsafe {
                 match path {
@@ -511,8 +513,7 @@ impl PackedQ6K {
                     _ => unreachable!("checked by is_available"),
                 }
             }
-        });
-        Ok(())
+        }))
     }
 }
 
@@ -699,10 +700,15 @@ impl PackedBlocks {
 
     /// `out (m, n) = acts · Wᵀ` on `path`, split over groups of columns on candle's thread pool.
     pub fn matmul_quantized_on(&self, path: SimdPath, acts: &QuantizedActs, out: &mut [f32]) -> Result<()> {
+        run(&[self.work(path, acts, out)?]);
+        Ok(())
+    }
+
+    pub(crate) fn work<'a>(&'a self, path: SimdPath, acts: &'a QuantizedActs, out: &'a mut [f32]) -> Result<Work<'a>> {
         check_call(self.n, self.k, path, acts, out)?;
         let (n, nb, format) = (self.n, self.k / QK, self.format);
         let gb = nb * format.chunk();
-        for_each_group(n, &self.data, gb, out, groups_per_call(path), |p, o, cols, groups| {
+        Ok(group_work(n, &self.data, gb, out, groups_per_call(path), move |p, o, cols, groups| {
             // SAFETY: `p` is the call's `groups` groups of nb chunks, `o` its first output column.
             unsafe {
                 match path {
@@ -717,8 +723,7 @@ impl PackedBlocks {
                     _ => unreachable!("checked by is_available"),
                 }
             }
-        });
-        Ok(())
+        }))
     }
 }
 

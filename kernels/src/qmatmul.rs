@@ -318,6 +318,7 @@ impl SuperActs {
         let mut acts = SuperActs { m, nsb, qs: vec![0; m * k], d: vec![0.0; m * nsb], bs: vec![0; m * nsb * 8], hs: vec![0; m * nsb * 16] };
         let (qs, d) = (SyncPtr(acts.qs.as_mut_ptr()), SyncPtr(acts.d.as_mut_ptr()));
         let (bs, hs) = (SyncPtr(acts.bs.as_mut_ptr()), SyncPtr(acts.hs.as_mut_ptr()));
+        let simd = cfg!(target_arch = "x86_64") && selected_path() != SimdPath::Scalar;
         let rows = |rows: std::ops::Range<usize>| {
             for r in rows {
                 // SAFETY: each row's slices are disjoint and within the buffers above.
@@ -330,17 +331,22 @@ impl SuperActs {
                     )
                 };
                 for (sb, (xs, qs)) in x[r * k..(r + 1) * k].chunks_exact(256).zip(qs.chunks_exact_mut(256)).enumerate() {
-                    let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
-                    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-                    d[sb] = amax / 127.0;
-                    for (h, (xs, qs)) in xs.chunks_exact(16).zip(qs.chunks_exact_mut(16)).enumerate() {
-                        let mut sum = 0i32;
-                        for (q, &v) in qs.iter_mut().zip(xs) {
-                            *q = (v * inv).round_ties_even() as i8;
-                            sum += *q as i32;
+                    let (xb, qb, hb): (&[f32; 256], &mut [i8; 256], &mut [i16; 16]) = (
+                        xs.try_into().expect("256 values"),
+                        qs.try_into().expect("256 values"),
+                        (&mut hs[16 * sb..16 * sb + 16]).try_into().expect("16 sums"),
+                    );
+                    d[sb] = if simd {
+                        // SAFETY: `simd` is set only where the CPU has AVX2.
+                        #[cfg(target_arch = "x86_64")]
+                        unsafe {
+                            avx2_quantize_super_block(xb, qb, hb)
                         }
-                        hs[16 * sb + h] = sum as i16;
-                    }
+                        #[cfg(not(target_arch = "x86_64"))]
+                        unreachable!("simd is x86 only")
+                    } else {
+                        quantize_super_block(xb, qb, hb)
+                    };
                     for j in 0..8 {
                         bs[8 * sb + j] = hs[16 * sb + 2 * j] + hs[16 * sb + 2 * j + 1];
                     }
@@ -355,6 +361,60 @@ impl SuperActs {
     pub fn row_values(&self, r: usize) -> &[i8] {
         &self.qs[r * self.nsb * 256..(r + 1) * self.nsb * 256]
     }
+}
+
+/// One super-block of [`SuperActs::quantize`]: its values and per-16 sums; returns its scale.
+fn quantize_super_block(xs: &[f32; 256], qs: &mut [i8; 256], hs: &mut [i16; 16]) -> f32 {
+    let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
+    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    for (h, (xs, qs)) in xs.chunks_exact(16).zip(qs.chunks_exact_mut(16)).enumerate() {
+        let mut sum = 0i32;
+        for (q, &v) in qs.iter_mut().zip(xs) {
+            *q = (v * inv).round_ties_even() as i8;
+            sum += *q as i32;
+        }
+        hs[h] = sum as i16;
+    }
+    amax / 127.0
+}
+
+/// [`quantize_super_block`] in AVX2, with its results for finite inputs (every SIMD path uses
+/// it, the scalar path the portable form): the maximum is exact in any order, `x · inv` is the
+/// same product, and `vroundps` to nearest even then `vcvtps2dq` is `round_ties_even` then a
+/// cast for values within ±127.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn avx2_quantize_super_block(xs: &[f32; 256], qs: &mut [i8; 256], hs: &mut [i16; 16]) -> f32 {
+    use core::arch::x86_64::*;
+    let (px, pq) = (xs.as_ptr(), qs.as_mut_ptr());
+    let sign = _mm256_set1_ps(-0.0);
+    let mut m = _mm256_setzero_ps();
+    for i in 0..32 {
+        // max(|x|, m) returns m for a NaN x, as `f32::max` ignores NaN.
+        m = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(px.add(8 * i))), m);
+    }
+    let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+    let m2 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m2, _mm_movehdup_ps(m2)));
+    let inv = _mm256_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
+    for (h, sum) in hs.iter_mut().enumerate() {
+        let q = |i: usize| {
+            let v = _mm256_mul_ps(_mm256_loadu_ps(px.add(16 * h + 8 * i)), inv);
+            _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v))
+        };
+        let (a, b) = (q(0), q(1));
+        // i32 → i16 → i8 (no saturation within ±127); the lane-crossing pack put back in order.
+        let p = _mm256_permute4x64_epi64::<0xd8>(_mm256_packs_epi32(a, b));
+        _mm_storeu_si128(pq.add(16 * h) as *mut __m128i, _mm_packs_epi16(_mm256_castsi256_si128(p), _mm256_extracti128_si256::<1>(p)));
+        let s = _mm256_add_epi32(a, b);
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0x4e>(s));
+        *sum = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0xb1>(s))) as i16;
+    }
+    amax / 127.0
 }
 
 /// Runs `rows` over `0..m`: on candle's thread pool from 8 rows, on this thread below (where
@@ -416,6 +476,20 @@ pub fn matmul_quantized_on(
     acts: &QuantizedActs,
     out: &mut [f32],
 ) -> Result<()> {
+    run(&[quantized_work(path, wt, w, n, k, acts, out)?]);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn quantized_work<'a>(
+    path: SimdPath,
+    wt: WeightType,
+    w: &'a [u8],
+    n: usize,
+    k: usize,
+    acts: &'a QuantizedActs,
+    out: &'a mut [f32],
+) -> Result<Work<'a>> {
     if matches!(wt, WeightType::Q4K | WeightType::Q6K) {
         candle_core::bail!("quantized matmul: {} takes activations in super-blocks (SuperActs)", wt.name());
     }
@@ -433,9 +507,9 @@ pub fn matmul_quantized_on(
     }
     check_path(path)?;
     if acts.m == 0 || n == 0 {
-        return Ok(());
+        return Ok(Work::new(0, |_| {}));
     }
-    for_each_tile(n, out, |j0, cols, op| {
+    Ok(tile_work(n, out, move |j0, cols, op| {
         // SAFETY: the weight rows j0..j0 + cols are within `w` (checked above); `op` is column
         // j0 of the output, whose columns j0..j0 + cols are this tile's alone.
         unsafe {
@@ -450,8 +524,7 @@ pub fn matmul_quantized_on(
                 _ => unreachable!("checked by is_available"),
             }
         }
-    });
-    Ok(())
+    }))
 }
 
 /// A Q6_K weight on ggml's layout against activations in super-blocks (the kernel calls of one
@@ -459,6 +532,11 @@ pub fn matmul_quantized_on(
 /// row, super-block after super-block: the exact integer `I = Σ_h sc_h · Σ (q − 32) · a` over the
 /// sixteen 16-value halves `h`, then `acc = fma(f32(I), d · d_a, acc)`; the output is `acc`.
 pub fn matmul_q6k_on(path: SimdPath, w: &[u8], n: usize, k: usize, acts: &SuperActs, out: &mut [f32]) -> Result<()> {
+    run(&[q6k_work(path, w, n, k, acts, out)?]);
+    Ok(())
+}
+
+fn q6k_work<'a>(path: SimdPath, w: &'a [u8], n: usize, k: usize, acts: &'a SuperActs, out: &'a mut [f32]) -> Result<Work<'a>> {
     let nsb = k / 256;
     if !WeightType::Q6K.fits(k) || acts.nsb != nsb || w.len() != n * nsb * 210 || out.len() != acts.m * n {
         candle_core::bail!(
@@ -471,10 +549,10 @@ pub fn matmul_q6k_on(path: SimdPath, w: &[u8], n: usize, k: usize, acts: &SuperA
     }
     check_path(path)?;
     if acts.m == 0 || n == 0 {
-        return Ok(());
+        return Ok(Work::new(0, |_| {}));
     }
-    for_each_tile(n, out, |j0, cols, op| {
-        // SAFETY: as in `matmul_quantized_on`.
+    Ok(tile_work(n, out, move |j0, cols, op| {
+        // SAFETY: as in `quantized_work`.
         unsafe {
             let wp = w.as_ptr().add(j0 * nsb * 210);
             match path {
@@ -487,8 +565,7 @@ pub fn matmul_q6k_on(path: SimdPath, w: &[u8], n: usize, k: usize, acts: &SuperA
                 _ => unreachable!("checked by is_available"),
             }
         }
-    });
-    Ok(())
+    }))
 }
 
 /// An error unless this CPU runs `path`.
@@ -499,22 +576,48 @@ pub(crate) fn check_path(path: SimdPath) -> Result<()> {
     Ok(())
 }
 
-/// Runs `tile(j0, cols, out + j0)` over the output's columns in tiles of [`COLS`], on candle's
-/// thread pool when there are several.
-fn for_each_tile(n: usize, out: &mut [f32], tile: impl Fn(usize, usize, *mut f32) + Sync) {
-    let tiles = n.div_ceil(COLS);
+/// The work of `tile(j0, cols, out + j0)` over the output's columns in tiles of [`COLS`], a call
+/// per tile.
+fn tile_work<'a>(n: usize, out: &'a mut [f32], tile: impl Fn(usize, usize, *mut f32) + Sync + 'a) -> Work<'a> {
     let out_ptr = SyncPtr(out.as_mut_ptr());
-    let run = |range: std::ops::Range<usize>| {
-        for t in range {
-            let j0 = t * COLS;
-            // SAFETY: j0 < n, within every output row.
-            tile(j0, COLS.min(n - j0), unsafe { out_ptr.get().add(j0) });
+    Work::new(n.div_ceil(COLS), move |t| {
+        let j0 = t * COLS;
+        // SAFETY: j0 < n, within every output row.
+        tile(j0, COLS.min(n - j0), unsafe { out_ptr.get().add(j0) })
+    })
+}
+
+/// One product's work, split into `calls` independent calls that write disjoint output columns:
+/// to run alone or beside other products' work in one parallel region ([`run`]).
+pub(crate) struct Work<'a> {
+    calls: usize,
+    call: Box<dyn Fn(usize) + Sync + 'a>,
+}
+
+impl<'a> Work<'a> {
+    /// `call(i)` for `i` in `0..calls`. The lifetime ties the work to the output it writes.
+    pub(crate) fn new(calls: usize, call: impl Fn(usize) + Sync + 'a) -> Self {
+        Self { calls, call: Box::new(call) }
+    }
+}
+
+/// Runs every call of every work in one parallel region on candle's thread pool (on this thread
+/// when there is a single call in all): one start and one barrier however many products share
+/// it; the pool hands out calls dynamically, so products of unequal cost balance.
+pub(crate) fn run(works: &[Work]) {
+    let total: usize = works.iter().map(|w| w.calls).sum();
+    let one = |mut i: usize| {
+        for w in works {
+            if i < w.calls {
+                return (w.call)(i);
+            }
+            i -= w.calls;
         }
     };
-    if tiles == 1 {
-        run(0..1);
-    } else {
-        candle_core::utils::barrier_pool().execute_chunked(tiles, run);
+    match total {
+        0 => {}
+        1 => one(0),
+        _ => candle_core::utils::barrier_pool().execute_chunked(total, |range| range.for_each(&one)),
     }
 }
 
@@ -543,6 +646,86 @@ pub fn qmatmul_packed(w: &crate::packed::PackedWeight, x: &Tensor) -> Result<Ten
     let mut dims = x.dims().to_vec();
     *dims.last_mut().expect("rank >= 1") = n;
     Tensor::from_vec(out, dims, &Device::Cpu)
+}
+
+/// One weight of a fused product ([`qmatmul_fused`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Operand<'a> {
+    /// A repacked weight, whatever the number of rows (the caller checks
+    /// [`crate::packed::PackedWeight::serves`]).
+    Packed(&'a crate::packed::PackedWeight),
+    /// A Q6_K weight of `n` rows on ggml's layout (`data`: its blocks).
+    Q6kGgml { data: &'a [u8], n: usize },
+}
+
+impl Operand<'_> {
+    /// `(n, k)`.
+    pub fn shape(&self) -> (usize, usize) {
+        match *self {
+            Self::Packed(p) => p.shape(),
+            Self::Q6kGgml { data, n } => (n, data.len().checked_div(n).map_or(0, |row| row / 210 * 256)),
+        }
+    }
+}
+
+/// `outs[i] (m, n_i) = x (m, k) · W_iᵀ` for weights sharing `k`, on `path`: each activation form
+/// the weights take is quantized once, and all the products run in one parallel region (one
+/// start and one barrier rather than one per weight: the Q, K, V projections of a layer, or its
+/// gate and up projections, at one token). Each output has the bits its weight's own product
+/// gives.
+pub fn matmul_fused_on(path: SimdPath, ops: &[Operand], x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> {
+    use crate::packed::PackedWeight;
+    let Some(k) = ops.first().map(|op| op.shape().1) else { return Ok(Vec::new()) };
+    if let Some(op) = ops.iter().find(|op| op.shape().1 != k) {
+        candle_core::bail!("fused matmul: weights of {k} and {} inputs", op.shape().1);
+    }
+    if x.len() != m * k {
+        candle_core::bail!("fused matmul: {} input values for {m} rows of {k}", x.len());
+    }
+    let blocks = |op: &Operand| matches!(op, Operand::Packed(PackedWeight::Blocks(_)));
+    let sup = ops.iter().any(|op| !blocks(op)).then(|| SuperActs::quantize(x, m, k));
+    let qa = ops.iter().any(blocks).then(|| QuantizedActs::quantize(x, m, k));
+    let mut outs: Vec<Vec<f32>> = ops.iter().map(|op| vec![0f32; m * op.shape().0]).collect();
+    let works = ops
+        .iter()
+        .zip(outs.iter_mut())
+        .map(|(op, out)| {
+            let (sup, qa) = (sup.as_ref(), qa.as_ref());
+            match *op {
+                Operand::Packed(PackedWeight::Q4K(p)) => p.work(path, sup.expect("quantized above"), out),
+                Operand::Packed(PackedWeight::Q6K(p)) => p.work(path, sup.expect("quantized above"), out),
+                Operand::Packed(PackedWeight::Blocks(p)) => p.work(path, qa.expect("quantized above"), out),
+                Operand::Q6kGgml { data, n } => q6k_work(path, data, n, k, sup.expect("quantized above"), out),
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    run(&works);
+    drop(works);
+    Ok(outs)
+}
+
+/// [`matmul_fused_on`] for f32 `x (.., k)` on the CPU, on the selected path: one tensor per
+/// weight, `(.., n_i)`.
+pub fn qmatmul_fused(ops: &[Operand], x: &Tensor) -> Result<Vec<Tensor>> {
+    let Some(k) = ops.first().map(|op| op.shape().1) else { return Ok(Vec::new()) };
+    if !x.device().is_cpu() || x.dtype() != DType::F32 || x.rank() == 0 || x.dim(candle_core::D::Minus1)? != k {
+        candle_core::bail!("fused matmul: input {:?} ({:?}) does not fit weights of {k} inputs", x.shape(), x.dtype());
+    }
+    let x = x.contiguous()?;
+    let m = x.elem_count() / k;
+    let outs = {
+        let (storage, layout) = x.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("fused matmul: input is not on the CPU") };
+        matmul_fused_on(selected_path(), ops, &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + m * k], m)?
+    };
+    ops.iter()
+        .zip(outs)
+        .map(|(op, out)| {
+            let mut dims = x.dims().to_vec();
+            *dims.last_mut().expect("rank >= 1") = op.shape().0;
+            Tensor::from_vec(out, dims, &Device::Cpu)
+        })
+        .collect()
 }
 
 /// `x · wᵀ` for f32 `x (.., k)` on the CPU and a weight [`covers`] accepts, on the selected path;
@@ -1280,6 +1463,77 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// A fused product (every activation form quantized once, one parallel region) gives each
+    /// weight the bits of its own product, on every path: weights of every packed type and a
+    /// Q6_K weight on ggml's layout side by side, ragged column counts, rows on both sides of
+    /// the row tiles.
+    #[test]
+    fn fused_products_equal_each_weights_own_product() {
+        use crate::packed::PackedWeight;
+        let mut g = Lcg(11);
+        for k in [256, 1536, 4864] {
+            let weights: Vec<(WeightType, usize, Vec<u8>)> =
+                [(WeightType::Q4K, 13), (WeightType::Q6K, 37), (WeightType::Q8_0, 3), (WeightType::Q4_1, 64), (WeightType::Q6K, 10)]
+                    .into_iter()
+                    .map(|(wt, n)| (wt, n, random_weights(wt, n, k, &mut g)))
+                    .collect();
+            let packed: Vec<PackedWeight> =
+                weights.iter().map(|(wt, n, w)| PackedWeight::new(wt.ggml(), w, *n, k).unwrap().expect("a packed type")).collect();
+            // The last Q6_K weight on its ggml layout, the others packed.
+            let mut ops: Vec<Operand> = packed[..4].iter().map(Operand::Packed).collect();
+            ops.push(Operand::Q6kGgml { data: &weights[4].2, n: weights[4].1 });
+            for m in [1usize, 3, 9] {
+                let x: Vec<f32> = (0..m * k).map(|_| g.next() * 3.0).collect();
+                for path in available_paths() {
+                    let outs = matmul_fused_on(path, &ops, &x, m).unwrap();
+                    for (i, ((wt, n, w), y)) in weights.iter().zip(&outs).enumerate() {
+                        let own = if i < 4 {
+                            let mut y = vec![f32::NAN; m * n];
+                            packed[i].matmul_on(path, &x, m, &mut y).unwrap();
+                            y
+                        } else {
+                            run(path, *wt, w, *n, k, &x, m)
+                        };
+                        let same = y.len() == own.len() && y.iter().zip(&own).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "fused {} (weight {i}) on {}: k {k} m {m} differs from its own product", wt.name(), path.name());
+                    }
+                }
+            }
+        }
+        // Weights of different input sizes cannot share an input.
+        let (a, b) = (random_weights(WeightType::Q4K, 8, 256, &mut g), random_weights(WeightType::Q4K, 8, 512, &mut g));
+        let (pa, pb) = (
+            PackedWeight::new(GgmlDType::Q4K, &a, 8, 256).unwrap().unwrap(),
+            PackedWeight::new(GgmlDType::Q4K, &b, 8, 512).unwrap().unwrap(),
+        );
+        let err = matmul_fused_on(SimdPath::Scalar, &[Operand::Packed(&pa), Operand::Packed(&pb)], &[0.0; 256], 1).unwrap_err();
+        assert!(err.to_string().contains("weights of 256 and 512 inputs"), "{err}");
+    }
+
+    /// The AVX2 quantization of a super-block gives the portable form's values, sums and scale:
+    /// random blocks, an all-zero block, and blocks of exact ties (max 127, so `x · inv = x`).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_super_block_quantization_equals_the_portable_form() {
+        if !is_x86_feature_detected!("avx2") {
+            eprintln!("no AVX2 on this CPU: nothing to compare");
+            return;
+        }
+        let mut g = Lcg(17);
+        let mut blocks: Vec<[f32; 256]> =
+            (0..200).map(|i| std::array::from_fn(|_| g.next() * (1 + i % 7) as f32 * 10f32.powi(i % 5 - 2))).collect();
+        blocks.push([0.0; 256]);
+        blocks.push(std::array::from_fn(|i| if i == 77 { -127.0 } else { (i as f32 - 128.0) / 2.0 }));
+        blocks.push(std::array::from_fn(|i| if i == 0 { 127.0 } else { (i % 9) as f32 - 4.5 }));
+        for (b, xs) in blocks.iter().enumerate() {
+            let (mut q0, mut h0, mut q1, mut h1) = ([0i8; 256], [0i16; 16], [0i8; 256], [0i16; 16]);
+            let d0 = quantize_super_block(xs, &mut q0, &mut h0);
+            // SAFETY: AVX2 was checked above.
+            let d1 = unsafe { avx2_quantize_super_block(xs, &mut q1, &mut h1) };
+            assert_eq!((d0.to_bits(), q0, h0), (d1.to_bits(), q1, h1), "block {b}");
         }
     }
 

@@ -82,11 +82,10 @@ impl Linear {
     /// one row at a time when `exact_rows` asks for it and candle's batched kernel for the type is
     /// not row-exact.
     pub fn forward_with(&self, x: &Tensor, own_kernels: bool, exact_rows: bool) -> Result<Tensor> {
+        let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?;
         let own = match (&self.weight, &self.packed) {
-            (QMatMul::QTensor(t), packed) if own_kernels && (exact_rows || !prefers_candle_batched(t.dtype(), x)?) => match packed {
-                Some(p) if p.serves(x.elem_count() / x.dim(candle_core::D::Minus1)?) => {
-                    Some(decodebench_kernels::qmatmul::qmatmul_packed(p, x)?)
-                }
+            (QMatMul::QTensor(t), packed) if own_kernels && (exact_rows || !prefers_candle_batched(t.dtype(), rows)) => match packed {
+                Some(p) if p.serves(rows) => Some(decodebench_kernels::qmatmul::qmatmul_packed(p, x)?),
                 _ => decodebench_kernels::qmatmul::qmatmul(t, x)?,
             },
             _ => None,
@@ -99,6 +98,53 @@ impl Linear {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+
+    /// [`Self::forward_with`] of every weight on the same input, with the bits each gives alone.
+    /// Where the project's kernels run all of them (see [`Self::forward_with`]), they run as
+    /// one fused product (`decodebench_kernels::qmatmul::qmatmul_fused`: the activations
+    /// quantized once, one parallel region); otherwise one at a time.
+    pub fn forward_fused(linears: &[&Linear], x: &Tensor, own_kernels: bool, exact_rows: bool) -> Result<Vec<Tensor>> {
+        use decodebench_kernels::qmatmul::{qmatmul_fused, Operand};
+        let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?;
+        let fusable = own_kernels
+            && x.device().is_cpu()
+            && linears.iter().all(|l| match (&l.weight, &l.packed) {
+                (QMatMul::QTensor(t), packed) if exact_rows || !prefers_candle_batched(t.dtype(), rows) => {
+                    packed.as_ref().is_some_and(|p| p.serves(rows))
+                        || (t.dtype() == GgmlDType::Q6K && decodebench_kernels::qmatmul::covers(t))
+                }
+                _ => false,
+            });
+        if !fusable || linears.len() < 2 {
+            return linears.iter().map(|l| l.forward_with(x, own_kernels, exact_rows)).collect();
+        }
+        // The ggml-layout bytes of the Q6_K weights whose packed copy does not serve this many rows.
+        let ggml = linears
+            .iter()
+            .map(|l| match (&l.weight, &l.packed) {
+                (_, Some(p)) if p.serves(rows) => Ok(None),
+                (QMatMul::QTensor(t), _) => Ok(Some((t.data()?, t.shape().dims()[0]))),
+                _ => unreachable!("checked fusable above"),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let ops: Vec<Operand> = linears
+            .iter()
+            .zip(&ggml)
+            .map(|(l, g)| match g {
+                Some((data, n)) => Operand::Q6kGgml { data, n: *n },
+                None => Operand::Packed(l.packed.as_deref().expect("checked fusable above")),
+            })
+            .collect();
+        let ys = qmatmul_fused(&ops, x)?;
+        linears
+            .iter()
+            .zip(ys)
+            .map(|(l, y)| match &l.bias {
+                Some(b) => y.broadcast_add(b),
+                None => Ok(y),
+            })
+            .collect()
     }
 
     fn candle_forward(&self, x: &Tensor, exact_rows: bool) -> Result<Tensor> {
@@ -153,9 +199,8 @@ impl Linear {
 /// candle's at 64 rows), so a prompt and what follows it share that arithmetic.
 pub const CANDLE_BATCH_ROWS: usize = 16;
 
-fn prefers_candle_batched(dtype: GgmlDType, x: &Tensor) -> Result<bool> {
-    let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?;
-    Ok(dtype == GgmlDType::Q6K && rows > CANDLE_BATCH_ROWS)
+fn prefers_candle_batched(dtype: GgmlDType, rows: usize) -> bool {
+    dtype == GgmlDType::Q6K && rows > CANDLE_BATCH_ROWS
 }
 
 /// Environment variable: `candle` runs every matmul on candle's kernels (the project's own
@@ -329,9 +374,11 @@ impl Transformer {
         let (h, kvh, hd) = (self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim);
         let blk = &self.w.blocks[layer];
         let (exact, own) = (block.exact, block.own_kernels);
-        let q = blk.q.forward_with(x, own, exact)?.reshape((b, n, h, hd))?.transpose(1, 2)?;
-        let k = blk.k.forward_with(x, own, exact)?.reshape((b, n, kvh, hd))?.transpose(1, 2)?;
-        let v = blk.v.forward_with(x, own, exact)?.reshape((b, n, kvh, hd))?.transpose(1, 2)?;
+        let [q, k, v]: [Tensor; 3] =
+            Linear::forward_fused(&[&blk.q, &blk.k, &blk.v], x, own, exact)?.try_into().expect("one output per weight");
+        let q = q.reshape((b, n, h, hd))?.transpose(1, 2)?;
+        let k = k.reshape((b, n, kvh, hd))?.transpose(1, 2)?;
+        let v = v.reshape((b, n, kvh, hd))?.transpose(1, 2)?;
         let q = self.rope(&q, &rope.0, &rope.1)?;
         let k = self.rope(&k, &rope.0, &rope.1)?;
         let (k, v) = self.cache[layer].append(&k, &v.contiguous()?)?;
@@ -343,8 +390,9 @@ impl Transformer {
     fn mlp(&self, layer: usize, x: &Tensor, block: &BlockShape) -> Result<Tensor> {
         let blk = &self.w.blocks[layer];
         let (exact, own) = (block.exact, block.own_kernels);
-        let gate = candle_nn::ops::silu(&blk.gate.forward_with(x, own, exact)?)?;
-        blk.down.forward_with(&(gate * blk.up.forward_with(x, own, exact)?)?, own, exact)
+        let [gate, up]: [Tensor; 2] =
+            Linear::forward_fused(&[&blk.gate, &blk.up], x, own, exact)?.try_into().expect("one output per weight");
+        blk.down.forward_with(&(candle_nn::ops::silu(&gate)? * up)?, own, exact)
     }
 }
 
