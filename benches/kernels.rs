@@ -10,6 +10,9 @@
 //! Q4_1, Q8_0 and Q6_K have two layouts with the same bits: `ours` is the one models take at that row
 //! count, and `packed/<path>` or `ggml-layout/<path>` the other one.
 //!
+//! Groups `fused/<layer part>/m<rows>` time a Qwen-1.5B layer's products that share an input (Q,
+//! K, V; gate, up) one by one against fused (`matmul_fused_on`), on the selected path.
+//!
 //! Every iteration multiplies by the next of several copies of the weight, enough copies to
 //! exceed 64 MB, so the weights come from memory as in a real forward, not from cache.
 //! (`DECODEBENCH_BENCH_WORKING_SET=0`: one copy, cache-resident: the kernels' compute speed.)

@@ -24,7 +24,8 @@
 //! operations, so all of them give identical bits (the tests check it on every path the machine
 //! has). [`crate::packed::PackedQ6K`] gives the Q6_K kernel's bits in an interleaved layout, for
 //! calls of several rows. Work is split over output columns (weight rows) on candle's persistent
-//! CPU thread pool, one parallel region per product; each weight row is read from memory once,
+//! CPU thread pool, one parallel region per product, or per group of products that share an
+//! input ([`matmul_fused_on`]); each weight row is read from memory once,
 //! its blocks unpacked once per tile of up to 4 (AVX2) or 8 (AVX-512) activation rows.
 //!
 //! The path is picked at run time ([`selected_path`]): the best the CPU has (on AMD CPUs the best
