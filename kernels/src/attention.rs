@@ -403,17 +403,21 @@ mod tests {
         }
     }
 
-    /// Both forms of the dot product and of `out += w · x` against f64 references, on ragged
-    /// lengths (not multiples of the 8 or 16 lanes), on every path this CPU runs.
-    #[test]
-    fn dot_and_axpy_match_the_reference_on_every_path() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
+    /// A xorshift generator (no dependency): uniform in [-1, 1).
+    fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
+        move || {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
             (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        };
+        }
+    }
+
+    /// Both forms of the dot product and of `out += w · x` against f64 references, on ragged
+    /// lengths (not multiples of the 8 or 16 lanes), on every path this CPU runs.
+    #[test]
+    fn dot_and_axpy_match_the_reference_on_every_path() {
+        let mut next = uniform(0x9e37_79b9_7f4a_7c15);
         let mut worst = [0f64; 4];
         for len in (1..=41).chain([64, 100, 128, 131]) {
             let a: Vec<f32> = (0..len).map(|_| next()).collect();
@@ -457,13 +461,7 @@ mod tests {
             eprintln!("no AVX2 + FMA on this CPU: nothing to compare");
             return;
         }
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        };
+        let mut next = uniform(0x2545_f491_4f6c_dd1d);
         for hd in [5usize, 13, 64, 72, 100, 128, 131, 200] {
             let rows: Vec<Vec<f32>> = (0..41).map(|_| (0..hd).map(|_| next()).collect()).collect();
             let q: Vec<f32> = (0..hd).map(|_| next()).collect();

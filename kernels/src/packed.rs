@@ -209,6 +209,7 @@ impl PackedQ4K {
         Ok(())
     }
 
+    /// [`Self::matmul_quantized_on`]'s work, to run alone or in a fused product.
     pub(crate) fn work<'a>(&'a self, path: SimdPath, acts: &'a SuperActs, out: &'a mut [f32]) -> Result<Work<'a>> {
         check_super_call(self.n, self.k, path, acts, out)?;
         let (n, nsb) = (self.n, self.k / 256);
@@ -492,6 +493,7 @@ impl PackedQ6K {
         Ok(())
     }
 
+    /// [`Self::matmul_quantized_on`]'s work, to run alone or in a fused product.
     pub(crate) fn work<'a>(&'a self, path: SimdPath, acts: &'a SuperActs, out: &'a mut [f32]) -> Result<Work<'a>> {
         check_super_call(self.n, self.k, path, acts, out)?;
         // The activations as unsigned bytes a + 128, for the u8 × i8 products.
@@ -704,6 +706,7 @@ impl PackedBlocks {
         Ok(())
     }
 
+    /// [`Self::matmul_quantized_on`]'s work, to run alone or in a fused product.
     pub(crate) fn work<'a>(&'a self, path: SimdPath, acts: &'a QuantizedActs, out: &'a mut [f32]) -> Result<Work<'a>> {
         check_call(self.n, self.k, path, acts, out)?;
         let (n, nb, format) = (self.n, self.k / QK, self.format);
