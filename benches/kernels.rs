@@ -3,12 +3,13 @@
 //!
 //! Groups `<type>/<n>x<k>/m<rows>` for the weight types the kernels cover at shapes of the
 //! default models: Q4_1 (SmolLM2's projections and MLP), Q8_0 (SmolLM2's 49152-row tied head,
-//! the Qwen-0.5B's converted Q5_0 projections), Q4_K (the Qwen-1.5B's MLP) and Q6_K (the
+//! and the Qwen-0.5B's MLP shape, as its Q5_0 weights were converted at load until they had a
+//! kernel of their own), Q5_0 (the Qwen-0.5B's MLP), Q4_K (the Qwen-1.5B's MLP) and Q6_K (the
 //! Qwen-1.5B's MLP down projection and its 151936-row head), for 1, 2, 4, 8, 16 and 64 activation
 //! rows. Benchmarks per group: `candle` (candle's `QMatMul::forward`), and `ours/<path>` for every SIMD path this CPU runs
 //! (`avx2`, `avx512vnni`, `avx512zmm`, and `scalar` at one row only; the selected one is what models use).
 //! Q4_1, Q8_0 and Q6_K have two layouts with the same bits: `ours` is the one models take at that row
-//! count, and `packed/<path>` or `ggml-layout/<path>` the other one.
+//! count, and `packed/<path>` or `ggml-layout/<path>` the other one (Q4_K and Q5_0 run packed only).
 //!
 //! Groups `fused/<layer part>/m<rows>` time a Qwen-1.5B layer's products that share an input (Q,
 //! K, V; gate, up) one by one against fused (`matmul_fused_on`), on the selected path.
@@ -29,11 +30,12 @@ use decodebench_kernels::packed::PackedWeight;
 use decodebench_kernels::qmatmul::{available_paths, matmul_on, selected_path, SimdPath, WeightType};
 
 /// (type, n, k): output features, input features.
-const CASES: [(WeightType, usize, usize); 8] = [
+const CASES: [(WeightType, usize, usize); 9] = [
     (WeightType::Q4_1, 1536, 576),
     (WeightType::Q4_1, 576, 1536),
     (WeightType::Q8_0, 49152, 576),
     (WeightType::Q8_0, 4864, 896),
+    (WeightType::Q5_0, 4864, 896),
     (WeightType::Q4K, 8960, 1536),
     (WeightType::Q4K, 1536, 1536),
     (WeightType::Q6K, 1536, 8960),
@@ -61,7 +63,7 @@ fn main() {
             let bytes = q.data().unwrap().len();
             let copies = working_set.div_ceil(bytes).max(1);
             let raw: Vec<Vec<u8>> = (0..copies).map(|_| q.data().unwrap().into_owned()).collect();
-            // Q4_1, Q4_K and Q6_K run in interleaved layouts, repacked once (as models do at load).
+            // Every type runs in an interleaved layout, repacked once (as models do at load).
             let packed: Vec<PackedWeight> = raw.iter().filter_map(|r| PackedWeight::new(wt.ggml(), r, n, k).unwrap()).collect();
             let candle: Vec<QMatMul> =
                 (0..copies).map(|_| QMatMul::from_qtensor(QTensor::quantize(&w, wt.ggml()).unwrap()).unwrap()).collect();
@@ -81,7 +83,8 @@ fn main() {
                 // `ours`: what models run (Q4_1 and Q8_0 packed; Q6_K packed from
                 // q6k_packed_min_rows(k) rows, on ggml's layout below); for these three also the
                 // other layout, `packed` or `ggml-layout` (same bits).
-                let layouts: &[bool] = if packed.is_empty() || wt == WeightType::Q4K { &[true] } else { &[true, false] };
+                let layouts: &[bool] =
+                    if packed.is_empty() || matches!(wt, WeightType::Q4K | WeightType::Q5_0) { &[true] } else { &[true, false] };
                 // The scalar fallback only at one row: it is there for correctness, not speed.
                 for path in available_paths().into_iter().filter(|&p| p != SimdPath::Scalar || m == 1) {
                     for &models in layouts {

@@ -29,6 +29,7 @@ pub(crate) trait Lanes {
     unsafe fn zero_i() -> Self::I;
     unsafe fn zero_f() -> Self::F;
     unsafe fn splat_i8(x: i8) -> Self::I;
+    unsafe fn splat_i32(x: i32) -> Self::I;
     unsafe fn splat_f(x: f32) -> Self::F;
     /// The four bytes at `a` in every i32 lane.
     unsafe fn bcast4(a: *const u8) -> Self::I;
@@ -55,8 +56,13 @@ pub(crate) trait Lanes {
     unsafe fn q6k_scales(sc: Self::I) -> Self::I;
     unsafe fn add_i(a: Self::I, b: Self::I) -> Self::I;
     unsafe fn and(a: Self::I, b: Self::I) -> Self::I;
+    unsafe fn or(a: Self::I, b: Self::I) -> Self::I;
     /// Each 16-bit lane shifted right by four (the high nibbles of bytes, before a mask).
     unsafe fn srli4(a: Self::I) -> Self::I;
+    /// Bit `x` (0..8) of every byte moved to bit 4 (value 16), the byte's other bits cleared:
+    /// a 16-bit shift by at most four places, whose bits crossing into the next byte land
+    /// outside bit 4, then a mask.
+    unsafe fn bit_to_4(h: Self::I, x: u32) -> Self::I;
     unsafe fn abs8(a: Self::I) -> Self::I;
     /// `a` with the sign of `w` per byte (`a · sign(w)`; bytes where `w = 0` may keep `a`: the
     /// kernels multiply them by `|w| = 0`).
@@ -97,6 +103,10 @@ macro_rules! ymm_common {
         #[inline(always)]
         unsafe fn splat_i8(x: i8) -> __m256i {
             _mm256_set1_epi8(x)
+        }
+        #[inline(always)]
+        unsafe fn splat_i32(x: i32) -> __m256i {
+            _mm256_set1_epi32(x)
         }
         #[inline(always)]
         unsafe fn splat_f(x: f32) -> __m256 {
@@ -143,8 +153,26 @@ macro_rules! ymm_common {
             _mm256_and_si256(a, b)
         }
         #[inline(always)]
+        unsafe fn or(a: __m256i, b: __m256i) -> __m256i {
+            _mm256_or_si256(a, b)
+        }
+        #[inline(always)]
         unsafe fn srli4(a: __m256i) -> __m256i {
             _mm256_srli_epi16::<4>(a)
+        }
+        #[inline(always)]
+        unsafe fn bit_to_4(h: __m256i, x: u32) -> __m256i {
+            let s = match x {
+                0 => _mm256_slli_epi16::<4>(h),
+                1 => _mm256_slli_epi16::<3>(h),
+                2 => _mm256_slli_epi16::<2>(h),
+                3 => _mm256_slli_epi16::<1>(h),
+                4 => h,
+                5 => _mm256_srli_epi16::<1>(h),
+                6 => _mm256_srli_epi16::<2>(h),
+                _ => _mm256_srli_epi16::<3>(h),
+            };
+            _mm256_and_si256(s, _mm256_set1_epi8(0x10))
         }
         #[inline(always)]
         unsafe fn abs8(a: __m256i) -> __m256i {
@@ -254,6 +282,10 @@ impl Lanes for VnniZ {
         _mm512_set1_epi8(x)
     }
     #[inline(always)]
+    unsafe fn splat_i32(x: i32) -> __m512i {
+        _mm512_set1_epi32(x)
+    }
+    #[inline(always)]
     unsafe fn splat_f(x: f32) -> __m512 {
         _mm512_set1_ps(x)
     }
@@ -317,8 +349,26 @@ impl Lanes for VnniZ {
         _mm512_and_si512(a, b)
     }
     #[inline(always)]
+    unsafe fn or(a: __m512i, b: __m512i) -> __m512i {
+        _mm512_or_si512(a, b)
+    }
+    #[inline(always)]
     unsafe fn srli4(a: __m512i) -> __m512i {
         _mm512_srli_epi16::<4>(a)
+    }
+    #[inline(always)]
+    unsafe fn bit_to_4(h: __m512i, x: u32) -> __m512i {
+        let s = match x {
+            0 => _mm512_slli_epi16::<4>(h),
+            1 => _mm512_slli_epi16::<3>(h),
+            2 => _mm512_slli_epi16::<2>(h),
+            3 => _mm512_slli_epi16::<1>(h),
+            4 => h,
+            5 => _mm512_srli_epi16::<1>(h),
+            6 => _mm512_srli_epi16::<2>(h),
+            _ => _mm512_srli_epi16::<3>(h),
+        };
+        _mm512_and_si512(s, _mm512_set1_epi8(0x10))
     }
     #[inline(always)]
     unsafe fn abs8(a: __m512i) -> __m512i {

@@ -9,7 +9,8 @@
 //!
 //! - [`PackedQ4K`]: Q4_K, for every call (its arithmetic is below).
 //! - [`PackedBlocks`]: Q4_1 and Q8_0, for every call, with the bits of the kernel on ggml's
-//!   layout in `qmatmul`, see its docs.
+//!   layout in `qmatmul`, see its docs; Q5_0 likewise, with the bits Q8_0 gives on the same
+//!   weights converted (`w = d·(q − 16)` as a Q8_0 value).
 //! - [`PackedQ6K`]: Q6_K, for calls of [`q6k_packed_min_rows`] rows or more, with the bits of
 //!   the kernel on ggml's layout in `qmatmul` (which one row takes), see its docs.
 //!
@@ -55,7 +56,7 @@ pub enum PackedWeight {
 }
 
 impl PackedWeight {
-    /// Repacks `n` rows of ggml blocks of a type these kernels pack (Q4_1, Q8_0, Q4_K, Q6_K);
+    /// Repacks `n` rows of ggml blocks of a type these kernels pack (Q4_1, Q8_0, Q5_0, Q4_K, Q6_K);
     /// `None` for others.
     pub fn new(dtype: GgmlDType, w: &[u8], n: usize, k: usize) -> Result<Option<Self>> {
         Ok(match dtype {
@@ -63,17 +64,18 @@ impl PackedWeight {
             GgmlDType::Q6K => Some(Self::Q6K(PackedQ6K::new(w, n, k)?)),
             GgmlDType::Q4_1 => Some(Self::Blocks(PackedBlocks::new(BlockFormat::Q41, w, n, k)?)),
             GgmlDType::Q8_0 => Some(Self::Blocks(PackedBlocks::new(BlockFormat::Q80, w, n, k)?)),
+            GgmlDType::Q5_0 => Some(Self::Blocks(PackedBlocks::new(BlockFormat::Q50, w, n, k)?)),
             _ => None,
         })
     }
 
     /// Whether [`Self::new`] packs this type.
     pub fn packs(dtype: GgmlDType) -> bool {
-        matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q6K)
+        matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q8_0 | GgmlDType::Q5_0 | GgmlDType::Q4K | GgmlDType::Q6K)
     }
 
     /// Whether the packed layout is the faster one for a call with `m` activation rows: always
-    /// for Q4_1, Q8_0 and Q4_K; for Q6_K from [`q6k_packed_min_rows`] rows (fewer take the
+    /// for Q4_1, Q8_0, Q5_0 and Q4_K; for Q6_K from [`q6k_packed_min_rows`] rows (fewer take the
     /// weight's ggml layout in `qmatmul`, with the same bits).
     pub fn serves(&self, m: usize) -> bool {
         match self {
@@ -606,7 +608,17 @@ pub enum BlockFormat {
     Q41,
     /// Chunk: the values (`[group of four][column][4]`, 256 bytes), then `d` per column (f16).
     Q80,
+    /// Chunk: the low nibbles as Q4_1's (128 bytes), then the high bits (32 bytes: bit `x` of
+    /// byte `4·c + i` is the high bit of value `NIBBLE_AT[x] + i` of column `c`, the value whose
+    /// low nibble is byte `i` of the kernel's vector `x`, see [`NIBBLE_AT`]), then `d` per
+    /// column (f16). Same size as ggml's.
+    Q50,
 }
+
+/// The first of the four values (per column) of each unsigned vector `x` of a nibble chunk
+/// (Q4_1, Q5_0): vectors `2q` and `2q + 1` are the low and the high nibbles of the chunk's bytes
+/// `32·q ..+ 32`, which hold values `4q ..+ 4` and `16 + 4q ..+ 4` of each column.
+const NIBBLE_AT: [usize; 8] = [0, 16, 4, 20, 8, 24, 12, 28];
 
 impl BlockFormat {
     /// Bytes of one ggml block.
@@ -614,6 +626,7 @@ impl BlockFormat {
         match self {
             Self::Q41 => 20,
             Self::Q80 => 34,
+            Self::Q50 => 22,
         }
     }
 
@@ -627,6 +640,7 @@ impl BlockFormat {
         match self {
             Self::Q41 => 128,
             Self::Q80 => 256,
+            Self::Q50 => 160,
         }
     }
 
@@ -634,7 +648,7 @@ impl BlockFormat {
     const fn scales(self) -> usize {
         match self {
             Self::Q41 => 2,
-            Self::Q80 => 1,
+            Self::Q80 | Self::Q50 => 1,
         }
     }
 
@@ -642,11 +656,12 @@ impl BlockFormat {
         match self {
             Self::Q41 => "Q4_1",
             Self::Q80 => "Q8_0",
+            Self::Q50 => "Q5_0",
         }
     }
 }
 
-/// A Q4_1 or Q8_0 weight `(n, k)` in an interleaved layout.
+/// A Q4_1, Q8_0 or Q5_0 weight `(n, k)` in an interleaved layout.
 ///
 /// It gives the bits of `qmatmul`'s kernel on ggml's layout. That kernel, for a weight row and
 /// an activation row, accumulates block `b` in lane `j = b mod 8` of eight f32 lanes,
@@ -656,7 +671,9 @@ impl BlockFormat {
 /// vector are the eight columns of a group, the accumulators are per `j`, and chunks are ordered
 /// `[group][j][b / 8]`, so that the loop keeps only one `j` live. Q8_0's u8 × i8 dot products
 /// take `|w|` against the activations with `w`'s sign (`vpsignb`), as ggml does: the same exact
-/// integer, with `maddubs` pairs within i16 (2 · 128 · 127).
+/// integer, with `maddubs` pairs within i16 (2 · 128 · 127). Q5_0 takes its unsigned values
+/// `q` (0..32) against the activations and starts each block's integer sum at `−16 · Σa`: the
+/// exact integer `Σ (q − 16) · a` of Q8_0 on the converted weights, so the same bits.
 #[derive(Debug, Clone)]
 pub struct PackedBlocks {
     pub format: BlockFormat,
@@ -686,8 +703,20 @@ impl PackedBlocks {
                 let chunk = &mut data[at..at + chunk_bytes];
                 for c in 0..GROUP_COLS.min(n - g * GROUP_COLS) {
                     let blk = &w[((g * GROUP_COLS + c) * nb + b) * bytes..][..bytes];
-                    // ggml's block: the f16 scales, then the value bytes.
+                    // ggml's block: the f16 scales, (Q5_0: the high bits,) then the value bytes.
                     let (scales, qs) = blk.split_at(2 * format.scales());
+                    let qs = if format == BlockFormat::Q50 {
+                        let (qh, qs) = qs.split_at(4);
+                        let qh = u32::from_le_bytes(qh.try_into().expect("4 bytes"));
+                        for (x, &at) in NIBBLE_AT.iter().enumerate() {
+                            for i in 0..4 {
+                                chunk[128 + 4 * c + i] |= (((qh >> (at + i)) & 1) as u8) << x;
+                            }
+                        }
+                        qs
+                    } else {
+                        qs
+                    };
                     for (q, four) in qs.chunks_exact(4).enumerate() {
                         chunk[32 * q + 4 * c..32 * q + 4 * c + 4].copy_from_slice(four);
                     }
@@ -752,6 +781,13 @@ unsafe fn scalar_group_blocks(format: BlockFormat, p: *const u8, nb: usize, acts
                         (0..16).map(|l| (byte(l) & 0x0f) as i32 * a[l] as i32 + (byte(l) >> 4) as i32 * a[l + 16] as i32).sum()
                     }
                     BlockFormat::Q80 => (0..QK).map(|l| byte(l) as i8 as i32 * a[l] as i32).sum(),
+                    BlockFormat::Q50 => (0..QK)
+                        .map(|l| {
+                            let (low, x) = if l < 16 { (byte(l) & 0x0f, 2 * (l / 4)) } else { (byte(l - 16) >> 4, 2 * ((l - 16) / 4) + 1) };
+                            let high = (ch[128 + 4 * c + l % 4] >> x) & 1;
+                            ((low | (high << 4)) as i32 - 16) * a[l] as i32
+                        })
+                        .sum(),
                 };
                 acc[j] = (s as f32).mul_add(f16_at(ch, values + 2 * c) * acts.d[i], acc[j]);
                 if format == BlockFormat::Q41 {
@@ -760,7 +796,7 @@ unsafe fn scalar_group_blocks(format: BlockFormat, p: *const u8, nb: usize, acts
             }
             *out.add(r * n + c) = match format {
                 BlockFormat::Q41 => hsum8(acc) + hsum8(mins),
-                BlockFormat::Q80 => hsum8(acc),
+                BlockFormat::Q80 | BlockFormat::Q50 => hsum8(acc),
             };
         }
     }
@@ -776,13 +812,24 @@ const Q41_M: usize = Q41_D + 16;
 const Q80_CHUNK: usize = BlockFormat::Q80.chunk();
 #[cfg(target_arch = "x86_64")]
 const Q80_D: usize = BlockFormat::Q80.values();
+#[cfg(target_arch = "x86_64")]
+const Q50_CHUNK: usize = BlockFormat::Q50.chunk();
+#[cfg(target_arch = "x86_64")]
+const Q50_D: usize = BlockFormat::Q50.values();
+/// [`blocks_rows`]'s formats, as const parameters.
+#[cfg(target_arch = "x86_64")]
+const F_Q41: u8 = 0;
+#[cfg(target_arch = "x86_64")]
+const F_Q80: u8 = 1;
+#[cfg(target_arch = "x86_64")]
+const F_Q50: u8 = 2;
 
-/// Q4_1 (`Q41`) or Q8_0, rows `r0..r0 + R` against the call's groups' `nb` chunks (`gb`: one
-/// group's bytes), in `V`'s lanes.
+/// Q4_1, Q8_0 or Q5_0 (`F`: [`F_Q41`], [`F_Q80`], [`F_Q50`]), rows `r0..r0 + R` against the
+/// call's groups' `nb` chunks (`gb`: one group's bytes), in `V`'s lanes.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn blocks_rows<V: Lanes, const R: usize, const Q41: bool>(
+unsafe fn blocks_rows<V: Lanes, const R: usize, const F: u8>(
     p: *const u8,
     gb: usize,
     nb: usize,
@@ -792,14 +839,19 @@ unsafe fn blocks_rows<V: Lanes, const R: usize, const Q41: bool>(
     cols: usize,
     r0: usize,
 ) {
-    let (chunk_bytes, d_at) = if Q41 { (Q41_CHUNK, Q41_D) } else { (Q80_CHUNK, Q80_D) };
-    // The activation bytes each unsigned weight vector `u[q]` meets: Q4_1's low nibbles are
-    // values 0..16 and its high ones 16..32.
-    let at: [usize; 8] = if Q41 { [0, 16, 4, 20, 8, 24, 12, 28] } else { [0, 4, 8, 12, 16, 20, 24, 28] };
+    // Nibble formats (Q4_1, Q5_0) hold two values per byte.
+    let nibbles = F != F_Q80;
+    let (chunk_bytes, d_at) = match F {
+        F_Q41 => (Q41_CHUNK, Q41_D),
+        F_Q80 => (Q80_CHUNK, Q80_D),
+        _ => (Q50_CHUNK, Q50_D),
+    };
+    // The activation bytes each unsigned weight vector `u[q]` meets.
+    let at: [usize; 8] = if nibbles { NIBBLE_AT } else { [0, 4, 8, 12, 16, 20, 24, 28] };
     let mut parts = [[V::zero_f(); 8]; R];
     let mut min_parts = [[V::zero_f(); 8]; R];
     let mask = V::splat_i8(0x0f);
-    let (qs, ad, asum) = (acts.qs.as_ptr() as *const u8, acts.d.as_ptr(), acts.sa.as_ptr());
+    let (qs, ad, asum, aisum) = (acts.qs.as_ptr() as *const u8, acts.d.as_ptr(), acts.sa.as_ptr(), acts.s.as_ptr());
     for j in 0..8.min(nb) {
         let (mut acc, mut mins) = ([V::zero_f(); R], [V::zero_f(); R]);
         let first = lane_start(nb, j);
@@ -811,9 +863,9 @@ unsafe fn blocks_rows<V: Lanes, const R: usize, const Q41: bool>(
             // `u`: the unsigned operands; `w`: Q8_0's signed values, whose signs go onto the
             // activations.
             let (mut u, mut w) = ([V::zero_i(); 8], [V::zero_i(); 8]);
-            for q in 0..if Q41 { 4 } else { 8 } {
+            for q in 0..if nibbles { 4 } else { 8 } {
                 let raw = V::load(ch.add(32 * q), gb);
-                if Q41 {
+                if nibbles {
                     u[2 * q] = V::and(raw, mask);
                     u[2 * q + 1] = V::and(V::srli4(raw), mask);
                 } else {
@@ -821,29 +873,37 @@ unsafe fn blocks_rows<V: Lanes, const R: usize, const Q41: bool>(
                     u[q] = V::abs8(raw);
                 }
             }
+            if F == F_Q50 {
+                // Each value's high bit (16) from bit x of its byte of the high bits.
+                let high = V::load(ch.add(128), gb);
+                for (x, u) in u.iter_mut().enumerate() {
+                    *u = V::or(*u, V::bit_to_4(high, x as u32));
+                }
+            }
             let dw = V::load_f16(ch.add(d_at), gb);
-            let mw = if Q41 { V::load_f16(ch.add(Q41_M), gb) } else { dw };
+            let mw = if F == F_Q41 { V::load_f16(ch.add(Q41_M), gb) } else { dw };
             let b = 8 * t + j;
             for r in 0..R {
                 let i = (r0 + r) * acts.nbp + b;
                 let a = qs.add(i * QK);
                 let a4 = |q: usize| {
                     let a4 = V::bcast4(a.add(at[q]));
-                    if Q41 {
+                    if nibbles {
                         a4
                     } else {
                         V::sign8(a4, w[q])
                     }
                 };
                 // Two chains halve the dependency on the dot product's latency (integer sums:
-                // the order does not change the result).
-                let (mut even, mut odd) = (V::zero_i(), V::zero_i());
+                // the order does not change the result). Q5_0's offset starts one.
+                let start = if F == F_Q50 { V::splat_i32(-16 * *aisum.add(i)) } else { V::zero_i() };
+                let (mut even, mut odd) = (start, V::zero_i());
                 for q in (0..8).step_by(2) {
                     even = V::dot(even, u[q], a4(q));
                     odd = V::dot(odd, u[q + 1], a4(q + 1));
                 }
                 acc[r] = V::fmadd(V::cvt(V::add_i(even, odd)), V::mul(dw, V::splat_f(*ad.add(i))), acc[r]);
-                if Q41 {
+                if F == F_Q41 {
                     mins[r] = V::fmadd(mw, V::splat_f(*asum.add(i)), mins[r]);
                 }
             }
@@ -854,7 +914,8 @@ unsafe fn blocks_rows<V: Lanes, const R: usize, const Q41: bool>(
         }
     }
     for r in 0..R {
-        let y = if Q41 { V::add_f(hsum8_lanes::<V>(&parts[r]), hsum8_lanes::<V>(&min_parts[r])) } else { hsum8_lanes::<V>(&parts[r]) };
+        let y =
+            if F == F_Q41 { V::add_f(hsum8_lanes::<V>(&parts[r]), hsum8_lanes::<V>(&min_parts[r])) } else { hsum8_lanes::<V>(&parts[r]) };
         V::store(y, out.add((r0 + r) * n), cols);
     }
 }
@@ -917,7 +978,7 @@ macro_rules! path_kernels {
                 cols: usize,
                 r0: usize,
             ) {
-                blocks_rows::<$lanes, R, true>(p, gb, nb, acts, out, n, cols, r0)
+                blocks_rows::<$lanes, R, F_Q41>(p, gb, nb, acts, out, n, cols, r0)
             }
 
             #[target_feature(enable = $features)]
@@ -932,7 +993,22 @@ macro_rules! path_kernels {
                 cols: usize,
                 r0: usize,
             ) {
-                blocks_rows::<$lanes, R, false>(p, gb, nb, acts, out, n, cols, r0)
+                blocks_rows::<$lanes, R, F_Q80>(p, gb, nb, acts, out, n, cols, r0)
+            }
+
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn q50_tile<const R: usize>(
+                p: *const u8,
+                gb: usize,
+                nb: usize,
+                acts: &QuantizedActs,
+                out: *mut f32,
+                n: usize,
+                cols: usize,
+                r0: usize,
+            ) {
+                blocks_rows::<$lanes, R, F_Q50>(p, gb, nb, acts, out, n, cols, r0)
             }
 
             #[target_feature(enable = $features)]
@@ -970,6 +1046,7 @@ macro_rules! path_kernels {
                 match format {
                     BlockFormat::Q41 => row_tiles!(MAX_R, acts.m, q41_tile(p, gb, nb, acts, out, n, cols)),
                     BlockFormat::Q80 => row_tiles!(MAX_R, acts.m, q80_tile(p, gb, nb, acts, out, n, cols)),
+                    BlockFormat::Q50 => row_tiles!(MAX_R, acts.m, q50_tile(p, gb, nb, acts, out, n, cols)),
                 }
             }
         }

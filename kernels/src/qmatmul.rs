@@ -1,7 +1,8 @@
-//! Quantized matrix products `y = x · Wᵀ` for ggml-quantized weights (Q4_1, Q8_0, Q4_K, Q6_K),
+//! Quantized matrix products `y = x · Wᵀ` for ggml-quantized weights (Q4_1, Q8_0, Q5_0, Q4_K, Q6_K),
 //! written so that every output row is computed by one fixed sequence of operations, whatever the
 //! number of rows in the call: a token verified inside a block gets the bits it gets decoded
-//! alone. Q4_K runs in an interleaved layout of its own ([`crate::packed`]); the others here.
+//! alone. Q4_K and Q5_0 run in interleaved layouts of their own ([`crate::packed`]); the others
+//! here too.
 //!
 //! As in llama.cpp, the activations are quantized to 8 bits (scale `d = max|x| / 127`, values
 //! `round(x / d)` ties to even): for Q4_1 and Q8_0 per block of 32 values ([`QuantizedActs`];
@@ -13,7 +14,8 @@
 //!   then in f32, in lane `l = b mod 8`: `acc[l] = fma(S_b, d_w · d_a, acc[l])` (`d_w` the
 //!   block's scale); Q4_1 likewise `mins[l] = fma(m_w, d_a · Σa, mins[l])`; at the end `h(acc)`,
 //!   plus `h(mins)` for Q4_1, with the fixed reduction
-//!   `h(v) = ((v0+v4) + (v2+v6)) + ((v1+v5) + (v3+v7))`;
+//!   `h(v) = ((v0+v4) + (v2+v6)) + ((v1+v5) + (v3+v7))`; Q5_0 as Q8_0 with `q − 16` for `q`
+//!   (its integer sum taken as `Σ q · a − 16 · Σa`, the same integer);
 //! - Q6_K ([`matmul_q6k_on`]), per super-block: the integer `I = Σ_h sc_h · Σ (q_i − 32) · a_i`
 //!   over its sixteen 16-value halves `h`, then `acc = fma(f32(I), d_w · d_a, acc)`; the output
 //!   is `acc` (Q4_K: see [`crate::packed`]).
@@ -53,6 +55,9 @@ pub enum WeightType {
     Q4_1,
     /// 32 values: f16 scale `d`, 32 signed bytes `q` (`w = d·q`).
     Q8_0,
+    /// 32 values: f16 scale `d`, 32 high bits (a little-endian u32, bit `i` for value `i`), 16
+    /// bytes of low 4 bits laid out as Q4_1's (`w = d·(q − 16)`, `q` in 0..32).
+    Q5_0,
     /// 256 values: f16 `d`, f16 `dmin`, 12 bytes of eight 6-bit scales and minimums (one pair
     /// per 32 values), 128 bytes of 4-bit values (`w = d·sc·q − dmin·m`).
     Q4K,
@@ -62,12 +67,12 @@ pub enum WeightType {
 }
 
 impl WeightType {
-    pub const ALL: [WeightType; 4] = [WeightType::Q4_1, WeightType::Q8_0, WeightType::Q4K, WeightType::Q6K];
+    pub const ALL: [WeightType; 5] = [WeightType::Q4_1, WeightType::Q8_0, WeightType::Q5_0, WeightType::Q4K, WeightType::Q6K];
 
     /// Values per ggml block (32, or 256 for the K types; `k` must be a multiple).
     pub fn block_values(self) -> usize {
         match self {
-            Self::Q4_1 | Self::Q8_0 => QK,
+            Self::Q4_1 | Self::Q8_0 | Self::Q5_0 => QK,
             Self::Q4K | Self::Q6K => 256,
         }
     }
@@ -77,6 +82,7 @@ impl WeightType {
         match self {
             Self::Q4_1 => 20,
             Self::Q8_0 => 34,
+            Self::Q5_0 => 22,
             Self::Q4K => 144,
             Self::Q6K => 210,
         }
@@ -86,6 +92,7 @@ impl WeightType {
         match dtype {
             GgmlDType::Q4_1 => Some(Self::Q4_1),
             GgmlDType::Q8_0 => Some(Self::Q8_0),
+            GgmlDType::Q5_0 => Some(Self::Q5_0),
             GgmlDType::Q4K => Some(Self::Q4K),
             GgmlDType::Q6K => Some(Self::Q6K),
             _ => None,
@@ -96,6 +103,7 @@ impl WeightType {
         match self {
             Self::Q4_1 => GgmlDType::Q4_1,
             Self::Q8_0 => GgmlDType::Q8_0,
+            Self::Q5_0 => GgmlDType::Q5_0,
             Self::Q4K => GgmlDType::Q4K,
             Self::Q6K => GgmlDType::Q6K,
         }
@@ -105,6 +113,7 @@ impl WeightType {
         match self {
             Self::Q4_1 => "Q4_1",
             Self::Q8_0 => "Q8_0",
+            Self::Q5_0 => "Q5_0",
             Self::Q4K => "Q4_K",
             Self::Q6K => "Q6_K",
         }
@@ -243,6 +252,8 @@ pub struct QuantizedActs {
     pub d: Vec<f32>,
     /// `d · Σq` per block (Q4_1's offset term).
     pub sa: Vec<f32>,
+    /// `Σq` per block (Q5_0's offset term, `−16 · Σq`, exact in the integer sum).
+    pub s: Vec<i32>,
 }
 
 impl QuantizedActs {
@@ -251,19 +262,22 @@ impl QuantizedActs {
         assert!(k.is_multiple_of(QK) && x.len() == m * k, "quantize: {} values for {m} rows of {k}", x.len());
         let nb = k / QK;
         let nbp = nb.div_ceil(8) * 8;
-        let mut acts = QuantizedActs { m, nb, nbp, qs: vec![0; m * nbp * QK], d: vec![0.0; m * nbp], sa: vec![0.0; m * nbp] };
-        let (qs, d, sa) = (SyncPtr(acts.qs.as_mut_ptr()), SyncPtr(acts.d.as_mut_ptr()), SyncPtr(acts.sa.as_mut_ptr()));
+        let mut acts =
+            QuantizedActs { m, nb, nbp, qs: vec![0; m * nbp * QK], d: vec![0.0; m * nbp], sa: vec![0.0; m * nbp], s: vec![0; m * nbp] };
+        let (qs, d, sa, s) =
+            (SyncPtr(acts.qs.as_mut_ptr()), SyncPtr(acts.d.as_mut_ptr()), SyncPtr(acts.sa.as_mut_ptr()), SyncPtr(acts.s.as_mut_ptr()));
         let rows = |rows: std::ops::Range<usize>| {
             for r in rows {
                 // SAFETY: each row's slices are disjoint and within the buffers above.
-                let (qs, d, sa) = unsafe {
+                let (qs, d, sa, s) = unsafe {
                     (
                         std::slice::from_raw_parts_mut(qs.get().add(r * nbp * QK), k),
                         std::slice::from_raw_parts_mut(d.get().add(r * nbp), nb),
                         std::slice::from_raw_parts_mut(sa.get().add(r * nbp), nb),
+                        std::slice::from_raw_parts_mut(s.get().add(r * nbp), nb),
                     )
                 };
-                quantize_row(&x[r * k..(r + 1) * k], qs, d, sa);
+                quantize_row(&x[r * k..(r + 1) * k], qs, d, sa, s);
             }
         };
         for_rows(m, rows);
@@ -276,7 +290,7 @@ impl QuantizedActs {
     }
 }
 
-fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], sa: &mut [f32]) {
+fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], sa: &mut [f32], s: &mut [i32]) {
     for (b, (xs, qs)) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).enumerate() {
         let amax = xs.iter().fold(0f32, |a, &v| a.max(v.abs()));
         let scale = amax / 127.0;
@@ -288,6 +302,7 @@ fn quantize_row(x: &[f32], qs: &mut [i8], d: &mut [f32], sa: &mut [f32]) {
         }
         d[b] = scale;
         sa[b] = scale * sum as f32;
+        s[b] = sum;
     }
 }
 
@@ -463,11 +478,16 @@ pub fn matmul_on(path: SimdPath, wt: WeightType, w: &[u8], n: usize, k: usize, x
         };
     }
     let acts = QuantizedActs::quantize(x, m, k);
+    if wt == WeightType::Q5_0 {
+        // Q5_0 runs in its interleaved layout (models repack once at load).
+        return crate::packed::PackedBlocks::new(crate::packed::BlockFormat::Q50, w, n, k)?.matmul_quantized_on(path, &acts, out);
+    }
     matmul_quantized_on(path, wt, w, n, k, &acts, out)
 }
 
 /// The product for activations already quantized (Q4_1, Q8_0; the K types take [`SuperActs`]:
-/// [`matmul_q6k_on`], [`crate::packed::PackedQ4K`]).
+/// [`matmul_q6k_on`], [`crate::packed::PackedQ4K`]; Q5_0 runs packed only,
+/// [`crate::packed::PackedBlocks`]).
 pub fn matmul_quantized_on(
     path: SimdPath,
     wt: WeightType,
@@ -493,6 +513,9 @@ fn quantized_work<'a>(
 ) -> Result<Work<'a>> {
     if matches!(wt, WeightType::Q4K | WeightType::Q6K) {
         candle_core::bail!("quantized matmul: {} takes activations in super-blocks (SuperActs)", wt.name());
+    }
+    if wt == WeightType::Q5_0 {
+        candle_core::bail!("quantized matmul: Q5_0 runs in its packed layout (packed::PackedBlocks)");
     }
     let nb = k / QK;
     let stride = k / wt.block_values() * wt.block_bytes();
@@ -787,6 +810,7 @@ mod scalar {
                 let blk = &row[b * 34..(b + 1) * 34];
                 (dot(&mut blk[2..34].iter().map(|&q| q as i8 as i32), a), f16_at(blk.as_ptr()), 0.0)
             }
+            WeightType::Q5_0 => unreachable!("Q5_0 runs packed"),
             WeightType::Q4K | WeightType::Q6K => unreachable!("the K types take super-blocks (SuperActs)"),
         }
     }
@@ -862,6 +886,7 @@ mod scalar {
                 let y = match wt {
                     WeightType::Q4_1 => hsum8(acc) + hsum8(mins),
                     WeightType::Q8_0 => hsum8(acc),
+                    WeightType::Q5_0 => unreachable!("Q5_0 runs packed"),
                     WeightType::Q4K | WeightType::Q6K => unreachable!("the K types take super-blocks"),
                 };
                 *out.add(r * n + c) = y;
@@ -1196,6 +1221,7 @@ macro_rules! x86_path {
                         match wt {
                             WeightType::Q4_1 => rows!(q4_1, w, nb, acts, out, n, r0, rows),
                             WeightType::Q8_0 => rows!(q8_0, w, nb, acts, out, n, r0, rows),
+                            WeightType::Q5_0 => unreachable!("Q5_0 runs packed"),
                             WeightType::Q4K | WeightType::Q6K => unreachable!("the K types take super-blocks"),
                         }
                         r0 += rows;
@@ -1274,6 +1300,10 @@ mod tests {
                 WeightType::Q8_0 => {
                     w.extend_from_slice(&f16_bytes(0.01 + 0.02 * g.next().abs()));
                     (0..32).for_each(|_| w.push(g.byte()));
+                }
+                WeightType::Q5_0 => {
+                    w.extend_from_slice(&f16_bytes(0.01 + 0.02 * g.next().abs()));
+                    (0..20).for_each(|_| w.push(g.byte()));
                 }
                 WeightType::Q4K => {
                     w.extend_from_slice(&f16_bytes(0.001 + 0.002 * g.next().abs()));
@@ -1389,7 +1419,7 @@ mod tests {
                         blk[..2].copy_from_slice(&one);
                         blk[2..4].copy_from_slice(&zero);
                     }
-                    WeightType::Q8_0 => blk[..2].copy_from_slice(&one),
+                    WeightType::Q8_0 | WeightType::Q5_0 => blk[..2].copy_from_slice(&one),
                     WeightType::Q4K => {
                         blk[..2].copy_from_slice(&one);
                         blk[2..4].copy_from_slice(&zero);
@@ -1467,6 +1497,42 @@ mod tests {
         }
     }
 
+    /// Q5_0 blocks as Q8_0 blocks of the same weights (the scale, then `q − 16` as i8), as the
+    /// harness converted them at load before Q5_0 had kernels of its own.
+    fn q5_0_as_q8_0(w: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(w.len() / 22 * 34);
+        for blk in w.chunks_exact(22) {
+            let qh = u32::from_le_bytes(blk[2..6].try_into().unwrap());
+            out.extend_from_slice(&blk[..2]);
+            out.extend((0..32).map(|j| {
+                let low = if j < 16 { blk[6 + j] & 0x0f } else { blk[6 + j - 16] >> 4 };
+                ((low | (((qh >> j) & 1) as u8) << 4) as i8 - 16) as u8
+            }));
+        }
+        out
+    }
+
+    /// Q5_0's kernels give the bits of Q8_0's on the same weights converted (so a model's
+    /// outputs do not change with the conversion at load gone), on every path, for ragged
+    /// shapes and rows on both sides of the row tiles.
+    #[test]
+    fn q5_0_gives_the_bits_of_q8_0_on_the_same_weights() {
+        let mut g = Lcg(23);
+        for (n, k) in shapes(WeightType::Q5_0) {
+            let w = random_weights(WeightType::Q5_0, n, k, &mut g);
+            let w8 = q5_0_as_q8_0(&w);
+            assert_eq!(dequantize(WeightType::Q5_0, &w, n, k), dequantize(WeightType::Q8_0, &w8, n, k), "conversion n {n} k {k}");
+            for m in [1usize, 2, 4, 5, 8, 9, 17] {
+                let x: Vec<f32> = (0..m * k).map(|_| g.next() * 3.0).collect();
+                for path in available_paths() {
+                    let (y5, y8) = (run(path, WeightType::Q5_0, &w, n, k, &x, m), run(path, WeightType::Q8_0, &w8, n, k, &x, m));
+                    let same = y5.iter().zip(&y8).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "Q5_0 on {}: n {n} k {k} m {m} differs from Q8_0 on the converted weights", path.name());
+                }
+            }
+        }
+    }
+
     /// A fused product (every activation form quantized once, one parallel region) gives each
     /// weight the bits of its own product, on every path: weights of every packed type and a
     /// Q6_K weight on ggml's layout side by side, ragged column counts, rows on both sides of
@@ -1476,22 +1542,28 @@ mod tests {
         use crate::packed::PackedWeight;
         let mut g = Lcg(11);
         for k in [256, 1536, 4864] {
-            let weights: Vec<(WeightType, usize, Vec<u8>)> =
-                [(WeightType::Q4K, 13), (WeightType::Q6K, 37), (WeightType::Q8_0, 3), (WeightType::Q4_1, 64), (WeightType::Q6K, 10)]
-                    .into_iter()
-                    .map(|(wt, n)| (wt, n, random_weights(wt, n, k, &mut g)))
-                    .collect();
+            let weights: Vec<(WeightType, usize, Vec<u8>)> = [
+                (WeightType::Q4K, 13),
+                (WeightType::Q6K, 37),
+                (WeightType::Q8_0, 3),
+                (WeightType::Q4_1, 64),
+                (WeightType::Q5_0, 21),
+                (WeightType::Q6K, 10),
+            ]
+            .into_iter()
+            .map(|(wt, n)| (wt, n, random_weights(wt, n, k, &mut g)))
+            .collect();
             let packed: Vec<PackedWeight> =
                 weights.iter().map(|(wt, n, w)| PackedWeight::new(wt.ggml(), w, *n, k).unwrap().expect("a packed type")).collect();
             // The last Q6_K weight on its ggml layout, the others packed.
-            let mut ops: Vec<Operand> = packed[..4].iter().map(Operand::Packed).collect();
-            ops.push(Operand::Q6kGgml { data: &weights[4].2, n: weights[4].1 });
+            let mut ops: Vec<Operand> = packed[..5].iter().map(Operand::Packed).collect();
+            ops.push(Operand::Q6kGgml { data: &weights[5].2, n: weights[5].1 });
             for m in [1usize, 3, 9] {
                 let x: Vec<f32> = (0..m * k).map(|_| g.next() * 3.0).collect();
                 for path in available_paths() {
                     let outs = matmul_fused_on(path, &ops, &x, m).unwrap();
                     for (i, ((wt, n, w), y)) in weights.iter().zip(&outs).enumerate() {
-                        let own = if i < 4 {
+                        let own = if i < 5 {
                             let mut y = vec![f32::NAN; m * n];
                             packed[i].matmul_on(path, &x, m, &mut y).unwrap();
                             y
@@ -1552,6 +1624,7 @@ mod tests {
         assert_eq!((a.nb, a.nbp), (2, 8));
         assert_eq!(a.d, vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
         assert_eq!(a.sa, vec![0.0; 8]);
+        assert_eq!(a.s, vec![127 + 2 - 2 - 127, 0, 0, 0, 0, 0, 0, 0]);
         assert!(a.qs[32..].iter().all(|&q| q == 0) && a.qs.len() == 8 * 32);
         // In super-blocks of 256 (the K types'): one scale, sums per 32 and per 16 values.
         let mut x = vec![0f32; 512];

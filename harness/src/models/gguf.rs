@@ -18,15 +18,16 @@ pub const SUPPORTED_ARCHS: &[&str] = &["llama", "qwen2"];
 /// Environment variable: `none` keeps every weight in its file's type (no conversion at load).
 pub const CONVERT_ENV: &str = "DECODEBENCH_CONVERT";
 
-/// Whether loading converts Q5_0 weights to Q8_0 (default yes; `DECODEBENCH_CONVERT=none`: no).
+/// Whether loading may convert Q5_0 weights to Q8_0 (default yes; `DECODEBENCH_CONVERT=none`:
+/// no). It does so only with the project's kernels off: they take Q5_0 as it is.
 pub fn conversions_enabled() -> bool {
     !matches!(std::env::var(CONVERT_ENV).as_deref(), Ok("none") | Ok("0") | Ok("off"))
 }
 
 /// Q5_0 blocks (f16 scale, 32 high bits, 16 bytes of low nibbles; value `q - 16` with `q` in
 /// 0..32) as Q8_0 blocks (the same f16 scale, 32 signed bytes `q - 16`): the same weights
-/// exactly, 34 bytes per 32 values instead of 22, for candle's and the project's SIMD Q8_0
-/// kernels (candle's Q5_0 dot product is a scalar loop).
+/// exactly, 34 bytes per 32 values instead of 22, for candle's SIMD Q8_0 kernels (candle's Q5_0
+/// dot product is a scalar loop; the project's kernels read Q5_0 itself, with Q8_0's bits).
 pub fn q5_0_to_q8_0(data: &[u8]) -> Result<Vec<u8>> {
     const Q5: usize = 22;
     if !data.len().is_multiple_of(Q5) {
@@ -55,7 +56,7 @@ pub struct GgufFile {
     /// (from, to, tensors) converted by the last load.
     converted: Vec<(GgmlDType, GgmlDType, usize)>,
     /// Weights repacked for the project's kernels by the last load: (type, count), per type.
-    packed: [(GgmlDType, usize); 4],
+    packed: [(GgmlDType, usize); 5],
     /// Convert weights at load ([`Self::set_convert`]).
     convert: bool,
     /// Dequantize every weight to f32 at load ([`Self::load_transformer_dequantized`]).
@@ -153,10 +154,11 @@ impl GgufFile {
     }
 
     /// A weight that the model multiplies by (not one it only looks rows up in), converted to
-    /// the type its kernels run fastest on when that is exact (see [`q5_0_to_q8_0`]).
+    /// the type its kernels run fastest on when that is exact: Q5_0 to Q8_0 for candle's kernels
+    /// (see [`q5_0_to_q8_0`]); the project's kernels take Q5_0 as it is, 0.65x the bytes.
     fn matmul_tensor(&mut self, name: &str, device: &Device) -> Result<QTensor> {
         let t = self.qtensor(name, device)?;
-        if t.dtype() != GgmlDType::Q5_0 || !device.is_cpu() || !self.convert || self.dequantize {
+        if t.dtype() != GgmlDType::Q5_0 || !device.is_cpu() || !self.convert || self.dequantize || own_kernels_default() {
             return Ok(t);
         }
         let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("{}: tensor `{name}`: converting Q5_0 to Q8_0: {e}", self.path);
@@ -325,14 +327,13 @@ impl GgufFile {
         };
         let mut out = Vec::new();
         let q5 = matmul_weights(GgmlDType::Q5_0);
-        if self.convert && q5 > 0 {
+        let own_kernels = own_kernels_default() && !self.dequantize;
+        if self.convert && !own_kernels && !self.dequantize && q5 > 0 {
             out.push(conversion_text(GgmlDType::Q5_0, GgmlDType::Q8_0, q5));
         }
-        if own_kernels_default() && !self.dequantize {
+        if own_kernels {
             for (dtype, _) in NO_PACKED {
-                // Converted Q5_0 weights are packed as the Q8_0 they become.
-                let converted = if dtype == GgmlDType::Q8_0 && self.convert { q5 } else { 0 };
-                let packed = matmul_weights(dtype) + converted;
+                let packed = matmul_weights(dtype);
                 if packed > 0 {
                     out.push(packing_text(dtype, packed));
                 }
@@ -376,7 +377,8 @@ pub fn ggml_name(dtype: GgmlDType) -> String {
 }
 
 /// The types the project's kernels repack at load, none counted yet.
-const NO_PACKED: [(GgmlDType, usize); 4] = [(GgmlDType::Q4_1, 0), (GgmlDType::Q8_0, 0), (GgmlDType::Q4K, 0), (GgmlDType::Q6K, 0)];
+const NO_PACKED: [(GgmlDType, usize); 5] =
+    [(GgmlDType::Q4_1, 0), (GgmlDType::Q8_0, 0), (GgmlDType::Q5_0, 0), (GgmlDType::Q4K, 0), (GgmlDType::Q6K, 0)];
 
 fn packing_text(dtype: GgmlDType, n: usize) -> String {
     let plural = if n == 1 { "" } else { "s" };
