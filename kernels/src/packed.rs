@@ -84,6 +84,24 @@ impl PackedWeight {
         }
     }
 
+    /// Rows from which its product is faster on 512-bit registers than on 256-bit ones on a
+    /// Zen 4 (`None`: at no row count measured), where 512-bit operations run as two halves
+    /// (`qmatmul::path_for`). Criterion, weights from memory, `avx512vnni` → `avx512zmm`:
+    /// Q4_K 8960x1536 at 16 rows 0.66 → 0.69 ms, 64 rows 2.61 → 1.76; Q6_K 1536x8960 at 2
+    /// rows 0.38 → 0.41 ms, 4 rows 0.64 → 0.44, 64 rows 3.33 → 1.97; Q5_0 4864x896 at 8 rows
+    /// 186 → 171 µs, 64 rows 1.18 → 0.80 ms; Q4_1 576x1536 at 8 rows 59 → 48 µs; Q8_0 no gain
+    /// (49152x576 at 64 rows 9.4 → 10.2 ms).
+    pub fn wide_min_rows(&self) -> Option<usize> {
+        match self {
+            Self::Q4K(_) => Some(32),
+            Self::Q6K(_) => Some(4),
+            Self::Blocks(p) => match p.format {
+                BlockFormat::Q41 | BlockFormat::Q50 => Some(8),
+                BlockFormat::Q80 => None,
+            },
+        }
+    }
+
     /// `(n, k)`.
     pub fn shape(&self) -> (usize, usize) {
         match self {

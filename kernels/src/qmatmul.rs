@@ -202,7 +202,8 @@ pub fn selected_path() -> SimdPath {
 }
 
 /// [`selected_path`] as `doctor` and the run metadata state it, with why when it is not the best
-/// this CPU has: `avx512vnni path (avx512zmm too, not the default on AMD CPUs: ...)`.
+/// this CPU has: `avx512vnni path (avx512zmm for packed products of many rows only, on AMD
+/// CPUs: ...)` (see [`path_for`]).
 pub fn selected_path_description() -> String {
     let (path, best) = (selected_path(), *available_paths().last().expect("scalar is always available"));
     let why = if path == best {
@@ -210,7 +211,11 @@ pub fn selected_path_description() -> String {
     } else if std::env::var_os(SIMD_ENV).is_some() {
         format!(" ({} too, capped by {SIMD_ENV})", best.name())
     } else if is_amd() {
-        format!(" ({} too, not the default on AMD CPUs: slower there; {SIMD_ENV}={} forces it)", best.name(), best.name())
+        format!(
+            " ({} for packed products of many rows only, on AMD CPUs: Q4_K from 32 rows, Q6_K from 4, Q4_1 and Q5_0 from 8; slower for fewer; {SIMD_ENV}={} forces it everywhere)",
+            best.name(),
+            best.name()
+        )
     } else {
         String::new()
     };
@@ -224,6 +229,27 @@ pub fn selected_path_description() -> String {
 /// gives the same bits, so this choice changes speed only.
 pub fn default_path(available: &[SimdPath], amd: bool) -> SimdPath {
     available.iter().copied().rev().find(|&p| !(amd && p == SimdPath::Avx512Zmm)).unwrap_or(SimdPath::Scalar)
+}
+
+/// The path a packed product of `m` rows on `w` runs on, given the selected one: on AMD CPUs,
+/// whose default stays on 256-bit registers ([`default_path`]), products of many rows take the
+/// 512-bit kernels where the CPU has them (and `DECODEBENCH_SIMD` does not cap the path): with
+/// many rows the kernels are bound by instructions rather than by memory, and a 512-bit
+/// instruction does the work of two 256-bit ones even where it runs as two halves. Same bits
+/// on every path, so this changes speed only.
+pub fn path_for(selected: SimdPath, w: &crate::packed::PackedWeight, m: usize) -> SimdPath {
+    static WIDE: OnceLock<bool> = OnceLock::new();
+    let wide = *WIDE.get_or_init(|| is_amd() && SimdPath::Avx512Zmm.is_available() && std::env::var_os(SIMD_ENV).is_none());
+    widened(selected, wide, w.wide_min_rows(), m)
+}
+
+/// [`path_for`]'s rule: `selected`, or the 512-bit path where `wide` allows it, the selected
+/// path is the 256-bit VNNI one and the call has at least `min_rows` rows.
+fn widened(selected: SimdPath, wide: bool, min_rows: Option<usize>, m: usize) -> SimdPath {
+    match min_rows {
+        Some(rows) if wide && selected == SimdPath::Avx512Vnni && m >= rows => SimdPath::Avx512Zmm,
+        _ => selected,
+    }
 }
 
 /// Whether the CPU's vendor is AMD (`AuthenticAMD`).
@@ -665,7 +691,7 @@ pub fn qmatmul_packed(w: &crate::packed::PackedWeight, x: &Tensor) -> Result<Ten
         let (storage, layout) = x.storage_and_layout();
         let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("quantized matmul: input is not on the CPU") };
         let xs = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + m * k];
-        w.matmul_on(selected_path(), xs, m, &mut out)?;
+        w.matmul_on(path_for(selected_path(), w, m), xs, m, &mut out)?;
     }
     let mut dims = x.dims().to_vec();
     *dims.last_mut().expect("rank >= 1") = n;
@@ -698,6 +724,11 @@ impl Operand<'_> {
 /// gate and up projections, at one token). Each output has the bits its weight's own product
 /// gives.
 pub fn matmul_fused_on(path: SimdPath, ops: &[Operand], x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> {
+    fused_on(&vec![path; ops.len()], ops, x, m)
+}
+
+/// [`matmul_fused_on`] with a path per operand.
+fn fused_on(paths: &[SimdPath], ops: &[Operand], x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> {
     use crate::packed::PackedWeight;
     let Some(k) = ops.first().map(|op| op.shape().1) else { return Ok(Vec::new()) };
     if let Some(op) = ops.iter().find(|op| op.shape().1 != k) {
@@ -713,7 +744,8 @@ pub fn matmul_fused_on(path: SimdPath, ops: &[Operand], x: &[f32], m: usize) -> 
     let works = ops
         .iter()
         .zip(outs.iter_mut())
-        .map(|(op, out)| {
+        .zip(paths)
+        .map(|((op, out), &path)| {
             let (sup, qa) = (sup.as_ref(), qa.as_ref());
             match *op {
                 Operand::Packed(PackedWeight::Q4K(p)) => p.work(path, sup.expect("quantized above"), out),
@@ -740,7 +772,14 @@ pub fn qmatmul_fused(ops: &[Operand], x: &Tensor) -> Result<Vec<Tensor>> {
     let outs = {
         let (storage, layout) = x.storage_and_layout();
         let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("fused matmul: input is not on the CPU") };
-        matmul_fused_on(selected_path(), ops, &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + m * k], m)?
+        let paths: Vec<SimdPath> = ops
+            .iter()
+            .map(|op| match op {
+                Operand::Packed(w) => path_for(selected_path(), w, m),
+                Operand::Q6kGgml { .. } => selected_path(),
+            })
+            .collect();
+        fused_on(&paths, ops, &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + m * k], m)?
     };
     ops.iter()
         .zip(outs)
@@ -1249,6 +1288,19 @@ mod tests {
         assert_eq!(default_path(&all, true), Avx512Vnni);
         assert_eq!(default_path(&[Scalar, Avx2], true), Avx2);
         assert_eq!(default_path(&[Scalar], false), Scalar);
+    }
+
+    #[test]
+    fn many_rows_widen_only_the_256_bit_vnni_path_where_allowed() {
+        use SimdPath::*;
+        assert_eq!(widened(Avx512Vnni, true, Some(4), 4), Avx512Zmm);
+        assert_eq!(widened(Avx512Vnni, true, Some(4), 3), Avx512Vnni);
+        assert_eq!(widened(Avx512Vnni, true, None, 64), Avx512Vnni);
+        // Not on CPUs without the 512-bit path, under a cap, or from another path.
+        assert_eq!(widened(Avx512Vnni, false, Some(4), 64), Avx512Vnni);
+        assert_eq!(widened(Avx2, true, Some(4), 64), Avx2);
+        assert_eq!(widened(Scalar, true, Some(4), 64), Scalar);
+        assert_eq!(widened(Avx512Zmm, true, Some(4), 1), Avx512Zmm);
     }
 
     /// ggml's 6-bit scale and minimum of sub-block `j` (0..8) of a Q4_K super-block, spelled out.

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use decodebench_kernels::attention;
 use decodebench_kernels::packed::PackedWeight;
@@ -83,12 +83,11 @@ impl Linear {
     /// not row-exact.
     pub fn forward_with(&self, x: &Tensor, own_kernels: bool, exact_rows: bool) -> Result<Tensor> {
         let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?;
-        let own = match (&self.weight, &self.packed) {
-            (QMatMul::QTensor(t), packed) if own_kernels && (exact_rows || !prefers_candle_batched(t.dtype(), rows)) => match packed {
-                Some(p) if p.serves(rows) => Some(decodebench_kernels::qmatmul::qmatmul_packed(p, x)?),
-                _ => decodebench_kernels::qmatmul::qmatmul(t, x)?,
-            },
-            _ => None,
+        let own = match self.own_kernel(rows, own_kernels, exact_rows) {
+            Some(OwnKernel::Packed(p)) => Some(decodebench_kernels::qmatmul::qmatmul_packed(p, x)?),
+            // `None` where the kernels do not cover the weight.
+            Some(OwnKernel::Ggml(t)) => decodebench_kernels::qmatmul::qmatmul(t, x)?,
+            None => None,
         };
         let y = match own {
             Some(y) => y,
@@ -105,35 +104,37 @@ impl Linear {
     /// one fused product (`decodebench_kernels::qmatmul::qmatmul_fused`: the activations
     /// quantized once, one parallel region); otherwise one at a time.
     pub fn forward_fused(linears: &[&Linear], x: &Tensor, own_kernels: bool, exact_rows: bool) -> Result<Vec<Tensor>> {
-        use decodebench_kernels::qmatmul::{qmatmul_fused, Operand};
+        use decodebench_kernels::qmatmul::{covers, qmatmul_fused, Operand};
         let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?;
-        let fusable = own_kernels
-            && x.device().is_cpu()
-            && linears.iter().all(|l| match (&l.weight, &l.packed) {
-                (QMatMul::QTensor(t), packed) if exact_rows || !prefers_candle_batched(t.dtype(), rows) => {
-                    packed.as_ref().is_some_and(|p| p.serves(rows))
-                        || (t.dtype() == GgmlDType::Q6K && decodebench_kernels::qmatmul::covers(t))
-                }
-                _ => false,
-            });
-        if !fusable || linears.len() < 2 {
-            return linears.iter().map(|l| l.forward_with(x, own_kernels, exact_rows)).collect();
-        }
-        // The ggml-layout bytes of the Q6_K weights whose packed copy does not serve this many rows.
-        let ggml = linears
+        // Fused products take packed weights and Q6_K on ggml's layout.
+        let kernels: Option<Vec<OwnKernel>> = linears
             .iter()
-            .map(|l| match (&l.weight, &l.packed) {
-                (_, Some(p)) if p.serves(rows) => Ok(None),
-                (QMatMul::QTensor(t), _) => Ok(Some((t.data()?, t.shape().dims()[0]))),
-                _ => unreachable!("checked fusable above"),
+            .map(|l| l.own_kernel(rows, own_kernels, exact_rows))
+            .map(|k| {
+                k.filter(|k| {
+                    matches!(k, OwnKernel::Packed(_)) || matches!(k, OwnKernel::Ggml(t) if t.dtype() == GgmlDType::Q6K && covers(t))
+                })
+            })
+            .collect();
+        let kernels = match kernels {
+            Some(kernels) if x.device().is_cpu() && linears.len() >= 2 => kernels,
+            _ => return linears.iter().map(|l| l.forward_with(x, own_kernels, exact_rows)).collect(),
+        };
+        // The bytes of the weights on ggml's layout, which the operands borrow.
+        let ggml = kernels
+            .iter()
+            .map(|k| match k {
+                OwnKernel::Packed(_) => Ok(None),
+                OwnKernel::Ggml(t) => Ok(Some((t.data()?, t.shape().dims()[0]))),
             })
             .collect::<Result<Vec<_>>>()?;
-        let ops: Vec<Operand> = linears
+        let ops: Vec<Operand> = kernels
             .iter()
             .zip(&ggml)
-            .map(|(l, g)| match g {
-                Some((data, n)) => Operand::Q6kGgml { data, n: *n },
-                None => Operand::Packed(l.packed.as_deref().expect("checked fusable above")),
+            .map(|(k, g)| match (k, g) {
+                (OwnKernel::Packed(p), _) => Operand::Packed(p),
+                (OwnKernel::Ggml(_), Some((data, n))) => Operand::Q6kGgml { data, n: *n },
+                (OwnKernel::Ggml(_), None) => unreachable!("read above"),
             })
             .collect();
         let ys = qmatmul_fused(&ops, x)?;
@@ -145,6 +146,23 @@ impl Linear {
                 None => Ok(y),
             })
             .collect()
+    }
+
+    /// The project's kernel that runs this weight in a call of `rows` rows (`None`: candle's),
+    /// the one choice [`Self::forward_with`] and [`Self::forward_fused`] share: with the kernels
+    /// on, a quantized weight runs on them unless the call need not be row-exact and candle's
+    /// batched kernel is the faster one for its type ([`prefers_candle_batched`]); its packed
+    /// copy where that serves this many rows, else its ggml layout.
+    fn own_kernel(&self, rows: usize, own_kernels: bool, exact_rows: bool) -> Option<OwnKernel<'_>> {
+        match (&self.weight, &self.packed) {
+            (QMatMul::QTensor(t), packed) if own_kernels && (exact_rows || !prefers_candle_batched(t.dtype(), rows)) => {
+                Some(match packed {
+                    Some(p) if p.serves(rows) => OwnKernel::Packed(p),
+                    _ => OwnKernel::Ggml(t),
+                })
+            }
+            _ => None,
+        }
     }
 
     fn candle_forward(&self, x: &Tensor, exact_rows: bool) -> Result<Tensor> {
@@ -191,6 +209,15 @@ impl Linear {
             QMatMul::Tensor(_) | QMatMul::TensorF16(_) => false,
         }
     }
+}
+
+/// A weight's path through the project's kernels ([`Linear::own_kernel`]).
+enum OwnKernel<'a> {
+    /// Its repacked copy.
+    Packed(&'a PackedWeight),
+    /// Its bytes on ggml's layout (`decodebench_kernels::qmatmul::qmatmul`, which declines the
+    /// types it does not cover).
+    Ggml(&'a QTensor),
 }
 
 /// Rows above which a block that need not be row-exact (a prompt) runs Q6_K weights on candle's
