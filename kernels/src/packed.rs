@@ -323,27 +323,32 @@ fn prefetch_groups<V: Lanes>(unit: *const u8, gb: usize, bytes: usize) {
     }
 }
 
-/// Runs `$rows::<R>(args.., r0)` over the activation rows `0..$m` in tiles of at most `$max_r`.
+/// Runs `$rows::<R>(args.., r0)` (`$rows::<R, F..>` for `$rows::<F..>(args..)`) over the
+/// activation rows `0..$m` in tiles of at most `$max_r`.
 #[cfg(target_arch = "x86_64")]
 macro_rules! row_tiles {
-    ($max_r:expr, $m:expr, $rows:ident($($arg:expr),*)) => {{
+    // `kernel::<F>(args)`: const parameters after the row count's.
+    ($max_r:expr, $m:expr, $rows:ident::<$($g:ident),*>($($arg:expr),*)) => {{
         let mut r0 = 0;
         while r0 < $m {
             let nr = ($m - r0).min($max_r);
             match nr {
-                1 => $rows::<1>($($arg,)* r0),
-                2 if $max_r >= 2 => $rows::<2>($($arg,)* r0),
-                3 if $max_r >= 3 => $rows::<3>($($arg,)* r0),
-                4 if $max_r >= 4 => $rows::<4>($($arg,)* r0),
-                5 if $max_r >= 5 => $rows::<5>($($arg,)* r0),
-                6 if $max_r >= 6 => $rows::<6>($($arg,)* r0),
-                7 if $max_r >= 7 => $rows::<7>($($arg,)* r0),
-                8 if $max_r >= 8 => $rows::<8>($($arg,)* r0),
+                1 => $rows::<1, $($g),*>($($arg,)* r0),
+                2 if $max_r >= 2 => $rows::<2, $($g),*>($($arg,)* r0),
+                3 if $max_r >= 3 => $rows::<3, $($g),*>($($arg,)* r0),
+                4 if $max_r >= 4 => $rows::<4, $($g),*>($($arg,)* r0),
+                5 if $max_r >= 5 => $rows::<5, $($g),*>($($arg,)* r0),
+                6 if $max_r >= 6 => $rows::<6, $($g),*>($($arg,)* r0),
+                7 if $max_r >= 7 => $rows::<7, $($g),*>($($arg,)* r0),
+                8 if $max_r >= 8 => $rows::<8, $($g),*>($($arg,)* r0),
                 _ => unreachable!("row tiles hold 1..={} rows", $max_r),
             }
             r0 += nr;
         }
     }};
+    ($max_r:expr, $m:expr, $rows:ident($($arg:expr),*)) => {
+        row_tiles!($max_r, $m, $rows::<>($($arg),*))
+    };
 }
 
 /// Q4_K, rows `r0..r0 + R` against the call's groups' `nsb` units (`gb`: one group's bytes), in
@@ -986,7 +991,7 @@ macro_rules! path_kernels {
 
             #[target_feature(enable = $features)]
             #[allow(clippy::too_many_arguments)]
-            unsafe fn q41_tile<const R: usize>(
+            unsafe fn blocks_tile<const R: usize, const F: u8>(
                 p: *const u8,
                 gb: usize,
                 nb: usize,
@@ -996,37 +1001,7 @@ macro_rules! path_kernels {
                 cols: usize,
                 r0: usize,
             ) {
-                blocks_rows::<$lanes, R, F_Q41>(p, gb, nb, acts, out, n, cols, r0)
-            }
-
-            #[target_feature(enable = $features)]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn q80_tile<const R: usize>(
-                p: *const u8,
-                gb: usize,
-                nb: usize,
-                acts: &QuantizedActs,
-                out: *mut f32,
-                n: usize,
-                cols: usize,
-                r0: usize,
-            ) {
-                blocks_rows::<$lanes, R, F_Q80>(p, gb, nb, acts, out, n, cols, r0)
-            }
-
-            #[target_feature(enable = $features)]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn q50_tile<const R: usize>(
-                p: *const u8,
-                gb: usize,
-                nb: usize,
-                acts: &QuantizedActs,
-                out: *mut f32,
-                n: usize,
-                cols: usize,
-                r0: usize,
-            ) {
-                blocks_rows::<$lanes, R, F_Q50>(p, gb, nb, acts, out, n, cols, r0)
+                blocks_rows::<$lanes, R, F>(p, gb, nb, acts, out, n, cols, r0)
             }
 
             #[target_feature(enable = $features)]
@@ -1062,9 +1037,9 @@ macro_rules! path_kernels {
                 cols: usize,
             ) {
                 match format {
-                    BlockFormat::Q41 => row_tiles!(MAX_R, acts.m, q41_tile(p, gb, nb, acts, out, n, cols)),
-                    BlockFormat::Q80 => row_tiles!(MAX_R, acts.m, q80_tile(p, gb, nb, acts, out, n, cols)),
-                    BlockFormat::Q50 => row_tiles!(MAX_R, acts.m, q50_tile(p, gb, nb, acts, out, n, cols)),
+                    BlockFormat::Q41 => row_tiles!(MAX_R, acts.m, blocks_tile::<F_Q41>(p, gb, nb, acts, out, n, cols)),
+                    BlockFormat::Q80 => row_tiles!(MAX_R, acts.m, blocks_tile::<F_Q80>(p, gb, nb, acts, out, n, cols)),
+                    BlockFormat::Q50 => row_tiles!(MAX_R, acts.m, blocks_tile::<F_Q50>(p, gb, nb, acts, out, n, cols)),
                 }
             }
         }
