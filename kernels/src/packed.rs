@@ -92,14 +92,15 @@ impl PackedWeight {
     /// 186 → 171 µs, 64 rows 1.18 → 0.80 ms; Q4_1 576x1536 at 8 rows 59 → 48 µs; Q8_0 no gain
     /// (49152x576 at 64 rows 9.4 → 10.2 ms).
     pub fn wide_min_rows(&self) -> Option<usize> {
-        match self {
-            Self::Q4K(_) => Some(32),
-            Self::Q6K(_) => Some(4),
+        wide_min_rows(match self {
+            Self::Q4K(_) => GgmlDType::Q4K,
+            Self::Q6K(_) => GgmlDType::Q6K,
             Self::Blocks(p) => match p.format {
-                BlockFormat::Q41 | BlockFormat::Q50 => Some(8),
-                BlockFormat::Q80 => None,
+                BlockFormat::Q41 => GgmlDType::Q4_1,
+                BlockFormat::Q50 => GgmlDType::Q5_0,
+                BlockFormat::Q80 => GgmlDType::Q8_0,
             },
-        }
+        })
     }
 
     /// `(n, k)`.
@@ -123,6 +124,16 @@ impl PackedWeight {
             Self::Q6K(p) => p.matmul_quantized_on(path, &SuperActs::quantize(x, m, k), out),
             Self::Blocks(p) => p.matmul_quantized_on(path, &QuantizedActs::quantize(x, m, k), out),
         }
+    }
+}
+
+/// [`PackedWeight::wide_min_rows`] by type (`None` for the types not packed as well).
+pub fn wide_min_rows(dtype: GgmlDType) -> Option<usize> {
+    match dtype {
+        GgmlDType::Q4K => Some(32),
+        GgmlDType::Q6K => Some(4),
+        GgmlDType::Q4_1 | GgmlDType::Q5_0 => Some(8),
+        _ => None,
     }
 }
 

@@ -211,9 +211,14 @@ pub fn selected_path_description() -> String {
     } else if std::env::var_os(SIMD_ENV).is_some() {
         format!(" ({} too, capped by {SIMD_ENV})", best.name())
     } else if is_amd() {
+        let from: Vec<String> = WeightType::ALL
+            .into_iter()
+            .filter_map(|wt| crate::packed::wide_min_rows(wt.ggml()).map(|rows| format!("{} from {rows} rows", wt.name())))
+            .collect();
         format!(
-            " ({} for packed products of many rows only, on AMD CPUs: Q4_K from 32 rows, Q6_K from 4, Q4_1 and Q5_0 from 8; slower for fewer; {SIMD_ENV}={} forces it everywhere)",
+            " ({} for packed products of many rows only, on AMD CPUs: {}; slower for fewer; {SIMD_ENV}={} forces it everywhere)",
             best.name(),
+            from.join(", "),
             best.name()
         )
     } else {
