@@ -516,6 +516,29 @@ pub fn matmul_on(path: SimdPath, wt: WeightType, w: &[u8], n: usize, k: usize, x
     matmul_quantized_on(path, wt, w, n, k, &acts, out)
 }
 
+/// Q5_0 blocks (f16 scale, 32 high bits, 16 bytes of low nibbles; value `q − 16` with `q` in
+/// 0..32) as Q8_0 blocks (the same f16 scale, 32 signed bytes `q − 16`): the same weights
+/// exactly, 34 bytes per 32 values instead of 22.
+pub fn q5_0_to_q8_0(data: &[u8]) -> Result<Vec<u8>> {
+    const Q5: usize = 22;
+    if !data.len().is_multiple_of(Q5) {
+        candle_core::bail!("Q5_0 data of {} bytes is not a whole number of 22-byte blocks", data.len());
+    }
+    let mut out = Vec::with_capacity(data.len() / Q5 * 34);
+    for blk in data.chunks_exact(Q5) {
+        out.extend_from_slice(&blk[..2]);
+        let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+        let qs = &blk[6..22];
+        let value = |j: usize| -> u8 {
+            let low = if j < 16 { qs[j] & 0x0f } else { qs[j - 16] >> 4 };
+            let high = ((qh >> j) & 1) as u8;
+            ((low | (high << 4)) as i8 - 16) as u8
+        };
+        out.extend((0..32).map(value));
+    }
+    Ok(out)
+}
+
 /// The product for activations already quantized (Q4_1, Q8_0; the K types take [`SuperActs`]:
 /// [`matmul_q6k_on`], [`crate::packed::PackedQ4K`]; Q5_0 runs packed only,
 /// [`crate::packed::PackedBlocks`]).
@@ -1554,30 +1577,16 @@ mod tests {
         }
     }
 
-    /// Q5_0 blocks as Q8_0 blocks of the same weights (the scale, then `q − 16` as i8), as the
-    /// harness converted them at load before Q5_0 had kernels of its own.
-    fn q5_0_as_q8_0(w: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(w.len() / 22 * 34);
-        for blk in w.chunks_exact(22) {
-            let qh = u32::from_le_bytes(blk[2..6].try_into().unwrap());
-            out.extend_from_slice(&blk[..2]);
-            out.extend((0..32).map(|j| {
-                let low = if j < 16 { blk[6 + j] & 0x0f } else { blk[6 + j - 16] >> 4 };
-                ((low | (((qh >> j) & 1) as u8) << 4) as i8 - 16) as u8
-            }));
-        }
-        out
-    }
-
-    /// Q5_0's kernels give the bits of Q8_0's on the same weights converted (so a model's
-    /// outputs do not change with the conversion at load gone), on every path, for ragged
+    /// Q5_0's kernels give the bits of Q8_0's on the same weights converted ([`q5_0_to_q8_0`],
+    /// as loading did before Q5_0 had kernels of its own, so a model's outputs do not change),
+    /// on every path, for ragged
     /// shapes and rows on both sides of the row tiles.
     #[test]
     fn q5_0_gives_the_bits_of_q8_0_on_the_same_weights() {
         let mut g = Lcg(23);
         for (n, k) in shapes(WeightType::Q5_0) {
             let w = random_weights(WeightType::Q5_0, n, k, &mut g);
-            let w8 = q5_0_as_q8_0(&w);
+            let w8 = q5_0_to_q8_0(&w).unwrap();
             assert_eq!(dequantize(WeightType::Q5_0, &w, n, k), dequantize(WeightType::Q8_0, &w8, n, k), "conversion n {n} k {k}");
             for m in [1usize, 2, 4, 5, 8, 9, 17] {
                 let x: Vec<f32> = (0..m * k).map(|_| g.next() * 3.0).collect();

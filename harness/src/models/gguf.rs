@@ -24,28 +24,11 @@ pub fn conversions_enabled() -> bool {
     !matches!(std::env::var(CONVERT_ENV).as_deref(), Ok("none") | Ok("0") | Ok("off"))
 }
 
-/// Q5_0 blocks (f16 scale, 32 high bits, 16 bytes of low nibbles; value `q - 16` with `q` in
-/// 0..32) as Q8_0 blocks (the same f16 scale, 32 signed bytes `q - 16`): the same weights
-/// exactly, 34 bytes per 32 values instead of 22, for candle's SIMD Q8_0 kernels (candle's Q5_0
-/// dot product is a scalar loop; the project's kernels read Q5_0 itself, with Q8_0's bits).
+/// Q5_0 blocks as Q8_0 blocks of the same weights, for candle's SIMD Q8_0 kernels (candle's
+/// Q5_0 dot product is a scalar loop; the project's kernels read Q5_0 itself, with Q8_0's bits):
+/// [`decodebench_kernels::qmatmul::q5_0_to_q8_0`].
 pub fn q5_0_to_q8_0(data: &[u8]) -> Result<Vec<u8>> {
-    const Q5: usize = 22;
-    if !data.len().is_multiple_of(Q5) {
-        bail!("Q5_0 data of {} bytes is not a whole number of 22-byte blocks", data.len());
-    }
-    let mut out = Vec::with_capacity(data.len() / Q5 * 34);
-    for blk in data.chunks_exact(Q5) {
-        out.extend_from_slice(&blk[..2]);
-        let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
-        let qs = &blk[6..22];
-        let value = |j: usize| -> u8 {
-            let low = if j < 16 { qs[j] & 0x0f } else { qs[j - 16] >> 4 };
-            let high = ((qh >> j) & 1) as u8;
-            ((low | (high << 4)) as i8 - 16) as u8
-        };
-        out.extend((0..32).map(value));
-    }
-    Ok(out)
+    decodebench_kernels::qmatmul::q5_0_to_q8_0(data).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// An opened GGUF file: its header, parsed and checked, and the reader positioned anywhere.
