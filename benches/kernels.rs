@@ -4,12 +4,13 @@
 //! Groups `<type>/<n>x<k>/m<rows>` for the weight types the kernels cover at shapes of the
 //! default models: Q4_1 (SmolLM2's projections and MLP), Q8_0 (SmolLM2's 49152-row tied head,
 //! and the Qwen-0.5B's MLP shape, as its Q5_0 weights were converted at load until they had a
-//! kernel of their own), Q5_0 (the Qwen-0.5B's MLP), Q4_K (the Qwen-1.5B's MLP) and Q6_K (the
+//! kernel of their own), Q5_0 (the Qwen-0.5B's MLP), Q4_0 and Q5_1 (at that shape: no default
+//! model has them), Q4_K (the Qwen-1.5B's MLP) and Q6_K (the
 //! Qwen-1.5B's MLP down projection and its 151936-row head), for 1, 2, 4, 8, 16 and 64 activation
 //! rows. Benchmarks per group: `candle` (candle's `QMatMul::forward`), and `ours/<path>` for every SIMD path this CPU runs
 //! (`avx2`, `avx512vnni`, `avx512zmm`, and `scalar` at one row only; the selected one is what models use).
 //! Q4_1, Q8_0 and Q6_K have two layouts with the same bits: `ours` is the one models take at that row
-//! count, and `packed/<path>` or `ggml-layout/<path>` the other one (Q4_K and Q5_0 run packed only).
+//! count, and `packed/<path>` or `ggml-layout/<path>` the other one (Q4_K, Q4_0, Q5_0 and Q5_1 run packed only).
 //!
 //! Groups `fused/<layer part>/m<rows>` time a Qwen-1.5B layer's products that share an input (Q,
 //! K, V; gate, up) one by one against fused (`matmul_fused_on`), on the selected path.
@@ -30,12 +31,14 @@ use decodebench_kernels::packed::PackedWeight;
 use decodebench_kernels::qmatmul::{available_paths, matmul_on, selected_path, SimdPath, WeightType};
 
 /// (type, n, k): output features, input features.
-const CASES: [(WeightType, usize, usize); 9] = [
+const CASES: [(WeightType, usize, usize); 11] = [
     (WeightType::Q4_1, 1536, 576),
     (WeightType::Q4_1, 576, 1536),
     (WeightType::Q8_0, 49152, 576),
     (WeightType::Q8_0, 4864, 896),
     (WeightType::Q5_0, 4864, 896),
+    (WeightType::Q4_0, 4864, 896),
+    (WeightType::Q5_1, 4864, 896),
     (WeightType::Q4K, 8960, 1536),
     (WeightType::Q4K, 1536, 1536),
     (WeightType::Q6K, 1536, 8960),
@@ -84,7 +87,7 @@ fn main() {
                 // q6k_packed_min_rows(k) rows, on ggml's layout below); for these three also the
                 // other layout, `packed` or `ggml-layout` (same bits).
                 let layouts: &[bool] =
-                    if packed.is_empty() || matches!(wt, WeightType::Q4K | WeightType::Q5_0) { &[true] } else { &[true, false] };
+                    if packed.is_empty() || wt == WeightType::Q4K || wt.runs_packed_only() { &[true] } else { &[true, false] };
                 // The scalar fallback only at one row: it is there for correctness, not speed.
                 for path in available_paths().into_iter().filter(|&p| p != SimdPath::Scalar || m == 1) {
                     for &models in layouts {

@@ -25,7 +25,17 @@ fn bits(t: &Tensor) -> Vec<u32> {
 fn linear_rows_match_single_row_matmuls() {
     let dev = Device::Cpu;
     let (n, k) = (512usize, 768usize);
-    let dtypes = [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K, GgmlDType::F32];
+    let dtypes = [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+        GgmlDType::F32,
+    ];
     for dtype in dtypes {
         let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
         let weight = QMatMul::from_qtensor(QTensor::quantize(&w, dtype).unwrap()).unwrap();

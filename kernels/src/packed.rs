@@ -9,8 +9,9 @@
 //!
 //! - [`PackedQ4K`]: Q4_K, for every call (its arithmetic is below).
 //! - [`PackedBlocks`]: Q4_1 and Q8_0, for every call, with the bits of the kernel on ggml's
-//!   layout in `qmatmul`, see its docs; Q5_0 likewise, with the bits Q8_0 gives on the same
-//!   weights converted (`w = d·(q − 16)` as a Q8_0 value).
+//!   layout in `qmatmul`, see its docs; Q5_0 and Q4_0 likewise, with the bits Q8_0 gives on the
+//!   same weights converted (`w = d·(q − 16)`, `d·(q − 8)` as a Q8_0 value); Q5_1 with Q4_1's
+//!   arithmetic on 5-bit values.
 //! - [`PackedQ6K`]: Q6_K, for calls of [`q6k_packed_min_rows`] rows or more, with the bits of
 //!   the kernel on ggml's layout in `qmatmul` (which one row takes), see its docs.
 //!
@@ -56,8 +57,8 @@ pub enum PackedWeight {
 }
 
 impl PackedWeight {
-    /// Repacks `n` rows of ggml blocks of a type these kernels pack (Q4_1, Q8_0, Q5_0, Q4_K, Q6_K);
-    /// `None` for others.
+    /// Repacks `n` rows of ggml blocks of a type these kernels pack (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+    /// Q4_K, Q6_K); `None` for others.
     pub fn new(dtype: GgmlDType, w: &[u8], n: usize, k: usize) -> Result<Option<Self>> {
         Ok(match dtype {
             GgmlDType::Q4K => Some(Self::Q4K(PackedQ4K::new(w, n, k)?)),
@@ -65,17 +66,22 @@ impl PackedWeight {
             GgmlDType::Q4_1 => Some(Self::Blocks(PackedBlocks::new(BlockFormat::Q41, w, n, k)?)),
             GgmlDType::Q8_0 => Some(Self::Blocks(PackedBlocks::new(BlockFormat::Q80, w, n, k)?)),
             GgmlDType::Q5_0 => Some(Self::Blocks(PackedBlocks::new(BlockFormat::Q50, w, n, k)?)),
+            GgmlDType::Q4_0 => Some(Self::Blocks(PackedBlocks::new(BlockFormat::Q40, w, n, k)?)),
+            GgmlDType::Q5_1 => Some(Self::Blocks(PackedBlocks::new(BlockFormat::Q51, w, n, k)?)),
             _ => None,
         })
     }
 
     /// Whether [`Self::new`] packs this type.
     pub fn packs(dtype: GgmlDType) -> bool {
-        matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q8_0 | GgmlDType::Q5_0 | GgmlDType::Q4K | GgmlDType::Q6K)
+        matches!(
+            dtype,
+            GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q6K
+        )
     }
 
     /// Whether the packed layout is the faster one for a call with `m` activation rows: always
-    /// for Q4_1, Q8_0, Q5_0 and Q4_K; for Q6_K from [`q6k_packed_min_rows`] rows (fewer take the
+    /// for the 32-value block types and Q4_K; for Q6_K from [`q6k_packed_min_rows`] rows (fewer take the
     /// weight's ggml layout in `qmatmul`, with the same bits).
     pub fn serves(&self, m: usize) -> bool {
         match self {
@@ -90,16 +96,12 @@ impl PackedWeight {
     /// Q4_K 8960x1536 at 16 rows 0.66 → 0.69 ms, 64 rows 2.61 → 1.76; Q6_K 1536x8960 at 2
     /// rows 0.38 → 0.41 ms, 4 rows 0.64 → 0.44, 64 rows 3.33 → 1.97; Q5_0 4864x896 at 8 rows
     /// 186 → 171 µs, 64 rows 1.18 → 0.80 ms; Q4_1 576x1536 at 8 rows 59 → 48 µs; Q8_0 no gain
-    /// (49152x576 at 64 rows 9.4 → 10.2 ms).
+    /// (49152x576 at 64 rows 9.4 → 10.2 ms). Q4_0 and Q5_1 share Q4_1's and Q5_0's kernel.
     pub fn wide_min_rows(&self) -> Option<usize> {
         wide_min_rows(match self {
             Self::Q4K(_) => GgmlDType::Q4K,
             Self::Q6K(_) => GgmlDType::Q6K,
-            Self::Blocks(p) => match p.format {
-                BlockFormat::Q41 => GgmlDType::Q4_1,
-                BlockFormat::Q50 => GgmlDType::Q5_0,
-                BlockFormat::Q80 => GgmlDType::Q8_0,
-            },
+            Self::Blocks(p) => p.format.ggml(),
         })
     }
 
@@ -132,7 +134,7 @@ pub fn wide_min_rows(dtype: GgmlDType) -> Option<usize> {
     match dtype {
         GgmlDType::Q4K => Some(32),
         GgmlDType::Q6K => Some(4),
-        GgmlDType::Q4_1 | GgmlDType::Q5_0 => Some(8),
+        GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => Some(8),
         _ => None,
     }
 }
@@ -647,6 +649,12 @@ pub enum BlockFormat {
     /// low nibble is byte `i` of the kernel's vector `x`, see [`NIBBLE_AT`]), then `d` per
     /// column (f16). Same size as ggml's.
     Q50,
+    /// Chunk: the nibbles as Q4_1's (128 bytes), then `d` per column (f16); `w = d·(q − 8)`.
+    /// Same size as ggml's.
+    Q40,
+    /// Chunk: the low nibbles and high bits as Q5_0's (160 bytes), then `d` and `m` per column
+    /// (f16); `w = d·q + m`. Same size as ggml's.
+    Q51,
 }
 
 /// The first of the four values (per column) of each unsigned vector `x` of a nibble chunk
@@ -661,6 +669,8 @@ impl BlockFormat {
             Self::Q41 => 20,
             Self::Q80 => 34,
             Self::Q50 => 22,
+            Self::Q40 => 18,
+            Self::Q51 => 24,
         }
     }
 
@@ -669,20 +679,51 @@ impl BlockFormat {
         self.values() + 16 * self.scales()
     }
 
-    /// Bytes of values in a chunk; the f16 `d` (and Q4_1's `m`) per column follow.
+    /// Bytes of values in a chunk; the f16 `d` (and `m`) per column follow.
     const fn values(self) -> usize {
         match self {
-            Self::Q41 => 128,
+            Self::Q41 | Self::Q40 => 128,
             Self::Q80 => 256,
-            Self::Q50 => 160,
+            Self::Q50 | Self::Q51 => 160,
         }
     }
 
-    /// f16 scales per column and block: `d`, and Q4_1's `m`.
+    /// f16 scales per column and block: `d`, and the minimum `m` of Q4_1 and Q5_1.
     const fn scales(self) -> usize {
+        if self.has_min() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Whether a block has a minimum `m` (`w = d·q + m`).
+    const fn has_min(self) -> bool {
+        matches!(self, Self::Q41 | Self::Q51)
+    }
+
+    /// Whether a block has a fifth (high) bit per value.
+    const fn has_high_bits(self) -> bool {
+        matches!(self, Self::Q50 | Self::Q51)
+    }
+
+    /// The offset the unsigned values carry (`w = d·(q − offset)`; 0 for the types with `m`
+    /// and for Q8_0, whose values are signed).
+    const fn offset(self) -> i32 {
         match self {
-            Self::Q41 => 2,
-            Self::Q80 | Self::Q50 => 1,
+            Self::Q50 => 16,
+            Self::Q40 => 8,
+            Self::Q41 | Self::Q80 | Self::Q51 => 0,
+        }
+    }
+
+    fn ggml(self) -> GgmlDType {
+        match self {
+            Self::Q41 => GgmlDType::Q4_1,
+            Self::Q80 => GgmlDType::Q8_0,
+            Self::Q50 => GgmlDType::Q5_0,
+            Self::Q40 => GgmlDType::Q4_0,
+            Self::Q51 => GgmlDType::Q5_1,
         }
     }
 
@@ -691,11 +732,13 @@ impl BlockFormat {
             Self::Q41 => "Q4_1",
             Self::Q80 => "Q8_0",
             Self::Q50 => "Q5_0",
+            Self::Q40 => "Q4_0",
+            Self::Q51 => "Q5_1",
         }
     }
 }
 
-/// A Q4_1, Q8_0 or Q5_0 weight `(n, k)` in an interleaved layout.
+/// A Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0 weight `(n, k)` in an interleaved layout.
 ///
 /// It gives the bits of `qmatmul`'s kernel on ggml's layout. That kernel, for a weight row and
 /// an activation row, accumulates block `b` in lane `j = b mod 8` of eight f32 lanes,
@@ -707,7 +750,8 @@ impl BlockFormat {
 /// take `|w|` against the activations with `w`'s sign (`vpsignb`), as ggml does: the same exact
 /// integer, with `maddubs` pairs within i16 (2 · 128 · 127). Q5_0 takes its unsigned values
 /// `q` (0..32) against the activations and starts each block's integer sum at `−16 · Σa`: the
-/// exact integer `Σ (q − 16) · a` of Q8_0 on the converted weights, so the same bits.
+/// exact integer `Σ (q − 16) · a` of Q8_0 on the converted weights, so the same bits; Q4_0 with
+/// `−8 · Σa`. Q5_1 runs as Q4_1 does, with values 0..32.
 #[derive(Debug, Clone)]
 pub struct PackedBlocks {
     pub format: BlockFormat,
@@ -737,9 +781,9 @@ impl PackedBlocks {
                 let chunk = &mut data[at..at + chunk_bytes];
                 for c in 0..GROUP_COLS.min(n - g * GROUP_COLS) {
                     let blk = &w[((g * GROUP_COLS + c) * nb + b) * bytes..][..bytes];
-                    // ggml's block: the f16 scales, (Q5_0: the high bits,) then the value bytes.
+                    // ggml's block: the f16 scales, (Q5_0, Q5_1: the high bits,) then the value bytes.
                     let (scales, qs) = blk.split_at(2 * format.scales());
-                    let qs = if format == BlockFormat::Q50 {
+                    let qs = if format.has_high_bits() {
                         let (qh, qs) = qs.split_at(4);
                         let qh = u32::from_le_bytes(qh.try_into().expect("4 bytes"));
                         for (x, &at) in NIBBLE_AT.iter().enumerate() {
@@ -811,54 +855,40 @@ unsafe fn scalar_group_blocks(format: BlockFormat, p: *const u8, nb: usize, acts
                 let a = &acts.qs[i * QK..(i + 1) * QK];
                 let byte = |l: usize| ch[32 * (l / 4) + 4 * c + l % 4];
                 let s: i32 = match format {
-                    BlockFormat::Q41 => {
-                        (0..16).map(|l| (byte(l) & 0x0f) as i32 * a[l] as i32 + (byte(l) >> 4) as i32 * a[l + 16] as i32).sum()
-                    }
                     BlockFormat::Q80 => (0..QK).map(|l| byte(l) as i8 as i32 * a[l] as i32).sum(),
-                    BlockFormat::Q50 => (0..QK)
+                    _ => (0..QK)
                         .map(|l| {
                             let (low, x) = if l < 16 { (byte(l) & 0x0f, 2 * (l / 4)) } else { (byte(l - 16) >> 4, 2 * ((l - 16) / 4) + 1) };
-                            let high = (ch[128 + 4 * c + l % 4] >> x) & 1;
-                            ((low | (high << 4)) as i32 - 16) * a[l] as i32
+                            let high = if format.has_high_bits() { (ch[128 + 4 * c + l % 4] >> x) & 1 } else { 0 };
+                            ((low | (high << 4)) as i32 - format.offset()) * a[l] as i32
                         })
                         .sum(),
                 };
                 acc[j] = (s as f32).mul_add(f16_at(ch, values + 2 * c) * acts.d[i], acc[j]);
-                if format == BlockFormat::Q41 {
+                if format.has_min() {
                     mins[j] = f16_at(ch, values + 16 + 2 * c).mul_add(acts.sa[i], mins[j]);
                 }
             }
-            *out.add(r * n + c) = match format {
-                BlockFormat::Q41 => hsum8(acc) + hsum8(mins),
-                BlockFormat::Q80 | BlockFormat::Q50 => hsum8(acc),
-            };
+            *out.add(r * n + c) = if format.has_min() { hsum8(acc) + hsum8(mins) } else { hsum8(acc) };
         }
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-const Q41_CHUNK: usize = BlockFormat::Q41.chunk();
-#[cfg(target_arch = "x86_64")]
-const Q41_D: usize = BlockFormat::Q41.values();
-#[cfg(target_arch = "x86_64")]
-const Q41_M: usize = Q41_D + 16;
-#[cfg(target_arch = "x86_64")]
-const Q80_CHUNK: usize = BlockFormat::Q80.chunk();
-#[cfg(target_arch = "x86_64")]
-const Q80_D: usize = BlockFormat::Q80.values();
-#[cfg(target_arch = "x86_64")]
-const Q50_CHUNK: usize = BlockFormat::Q50.chunk();
-#[cfg(target_arch = "x86_64")]
-const Q50_D: usize = BlockFormat::Q50.values();
-/// [`blocks_rows`]'s formats, as const parameters.
+/// [`blocks_rows`]'s formats, as const parameters (indices into [`FORMATS`]).
 #[cfg(target_arch = "x86_64")]
 const F_Q41: u8 = 0;
 #[cfg(target_arch = "x86_64")]
 const F_Q80: u8 = 1;
 #[cfg(target_arch = "x86_64")]
 const F_Q50: u8 = 2;
+#[cfg(target_arch = "x86_64")]
+const F_Q40: u8 = 3;
+#[cfg(target_arch = "x86_64")]
+const F_Q51: u8 = 4;
+#[cfg(target_arch = "x86_64")]
+const FORMATS: [BlockFormat; 5] = [BlockFormat::Q41, BlockFormat::Q80, BlockFormat::Q50, BlockFormat::Q40, BlockFormat::Q51];
 
-/// Q4_1, Q8_0 or Q5_0 (`F`: [`F_Q41`], [`F_Q80`], [`F_Q50`]), rows `r0..r0 + R` against the
+/// A 32-value block format (`F`: an index into [`FORMATS`]), rows `r0..r0 + R` against the
 /// call's groups' `nb` chunks (`gb`: one group's bytes), in `V`'s lanes.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -873,13 +903,10 @@ unsafe fn blocks_rows<V: Lanes, const R: usize, const F: u8>(
     cols: usize,
     r0: usize,
 ) {
-    // Nibble formats (Q4_1, Q5_0) hold two values per byte.
+    // All but Q8_0 hold two values per byte.
+    let format = FORMATS[F as usize];
     let nibbles = F != F_Q80;
-    let (chunk_bytes, d_at) = match F {
-        F_Q41 => (Q41_CHUNK, Q41_D),
-        F_Q80 => (Q80_CHUNK, Q80_D),
-        _ => (Q50_CHUNK, Q50_D),
-    };
+    let (chunk_bytes, d_at, has_min, high_bits) = (format.chunk(), format.values(), format.has_min(), format.has_high_bits());
     // The activation bytes each unsigned weight vector `u[q]` meets.
     let at: [usize; 8] = if nibbles { NIBBLE_AT } else { [0, 4, 8, 12, 16, 20, 24, 28] };
     let mut parts = [[V::zero_f(); 8]; R];
@@ -907,7 +934,7 @@ unsafe fn blocks_rows<V: Lanes, const R: usize, const F: u8>(
                     u[q] = V::abs8(raw);
                 }
             }
-            if F == F_Q50 {
+            if high_bits {
                 // Each value's high bit (16) from bit x of its byte of the high bits.
                 let high = V::load(ch.add(128), gb);
                 for (x, u) in u.iter_mut().enumerate() {
@@ -915,7 +942,7 @@ unsafe fn blocks_rows<V: Lanes, const R: usize, const F: u8>(
                 }
             }
             let dw = V::load_f16(ch.add(d_at), gb);
-            let mw = if F == F_Q41 { V::load_f16(ch.add(Q41_M), gb) } else { dw };
+            let mw = if has_min { V::load_f16(ch.add(d_at + 16), gb) } else { dw };
             let b = 8 * t + j;
             for r in 0..R {
                 let i = (r0 + r) * acts.nbp + b;
@@ -929,15 +956,15 @@ unsafe fn blocks_rows<V: Lanes, const R: usize, const F: u8>(
                     }
                 };
                 // Two chains halve the dependency on the dot product's latency (integer sums:
-                // the order does not change the result). Q5_0's offset starts one.
-                let start = if F == F_Q50 { V::splat_i32(-16 * *aisum.add(i)) } else { V::zero_i() };
+                // the order does not change the result). Q5_0's and Q4_0's offsets start one.
+                let start = if format.offset() != 0 { V::splat_i32(-format.offset() * *aisum.add(i)) } else { V::zero_i() };
                 let (mut even, mut odd) = (start, V::zero_i());
                 for q in (0..8).step_by(2) {
                     even = V::dot(even, u[q], a4(q));
                     odd = V::dot(odd, u[q + 1], a4(q + 1));
                 }
                 acc[r] = V::fmadd(V::cvt(V::add_i(even, odd)), V::mul(dw, V::splat_f(*ad.add(i))), acc[r]);
-                if F == F_Q41 {
+                if has_min {
                     mins[r] = V::fmadd(mw, V::splat_f(*asum.add(i)), mins[r]);
                 }
             }
@@ -948,8 +975,7 @@ unsafe fn blocks_rows<V: Lanes, const R: usize, const F: u8>(
         }
     }
     for r in 0..R {
-        let y =
-            if F == F_Q41 { V::add_f(hsum8_lanes::<V>(&parts[r]), hsum8_lanes::<V>(&min_parts[r])) } else { hsum8_lanes::<V>(&parts[r]) };
+        let y = if has_min { V::add_f(hsum8_lanes::<V>(&parts[r]), hsum8_lanes::<V>(&min_parts[r])) } else { hsum8_lanes::<V>(&parts[r]) };
         V::store(y, out.add((r0 + r) * n), cols);
     }
 }
@@ -1051,6 +1077,8 @@ macro_rules! path_kernels {
                     BlockFormat::Q41 => row_tiles!(MAX_R, acts.m, blocks_tile::<F_Q41>(p, gb, nb, acts, out, n, cols)),
                     BlockFormat::Q80 => row_tiles!(MAX_R, acts.m, blocks_tile::<F_Q80>(p, gb, nb, acts, out, n, cols)),
                     BlockFormat::Q50 => row_tiles!(MAX_R, acts.m, blocks_tile::<F_Q50>(p, gb, nb, acts, out, n, cols)),
+                    BlockFormat::Q40 => row_tiles!(MAX_R, acts.m, blocks_tile::<F_Q40>(p, gb, nb, acts, out, n, cols)),
+                    BlockFormat::Q51 => row_tiles!(MAX_R, acts.m, blocks_tile::<F_Q51>(p, gb, nb, acts, out, n, cols)),
                 }
             }
         }

@@ -1,8 +1,8 @@
-//! Quantized matrix products `y = x · Wᵀ` for ggml-quantized weights (Q4_1, Q8_0, Q5_0, Q4_K, Q6_K),
-//! written so that every output row is computed by one fixed sequence of operations, whatever the
-//! number of rows in the call: a token verified inside a block gets the bits it gets decoded
-//! alone. Q4_K and Q5_0 run in interleaved layouts of their own ([`crate::packed`]); the others
-//! here too.
+//! Quantized matrix products `y = x · Wᵀ` for ggml-quantized weights (Q4_0, Q4_1, Q5_0, Q5_1,
+//! Q8_0, Q4_K, Q6_K), written so that every output row is computed by one fixed sequence of
+//! operations, whatever the number of rows in the call: a token verified inside a block gets the
+//! bits it gets decoded alone. Q4_K, Q4_0, Q5_0 and Q5_1 run in interleaved layouts of their own
+//! ([`crate::packed`]); the others here too.
 //!
 //! As in llama.cpp, the activations are quantized to 8 bits (scale `d = max|x| / 127`, values
 //! `round(x / d)` ties to even): for Q4_1 and Q8_0 per block of 32 values ([`QuantizedActs`];
@@ -15,7 +15,8 @@
 //!   block's scale); Q4_1 likewise `mins[l] = fma(m_w, d_a · Σa, mins[l])`; at the end `h(acc)`,
 //!   plus `h(mins)` for Q4_1, with the fixed reduction
 //!   `h(v) = ((v0+v4) + (v2+v6)) + ((v1+v5) + (v3+v7))`; Q5_0 as Q8_0 with `q − 16` for `q`
-//!   (its integer sum taken as `Σ q · a − 16 · Σa`, the same integer);
+//!   (its integer sum taken as `Σ q · a − 16 · Σa`, the same integer), Q4_0 with `q − 8`; Q5_1
+//!   as Q4_1 with 5-bit `q`;
 //! - Q6_K ([`matmul_q6k_on`]), per super-block: the integer `I = Σ_h sc_h · Σ (q_i − 32) · a_i`
 //!   over its sixteen 16-value halves `h`, then `acc = fma(f32(I), d_w · d_a, acc)`; the output
 //!   is `acc` (Q4_K: see [`crate::packed`]).
@@ -58,6 +59,11 @@ pub enum WeightType {
     /// 32 values: f16 scale `d`, 32 high bits (a little-endian u32, bit `i` for value `i`), 16
     /// bytes of low 4 bits laid out as Q4_1's (`w = d·(q − 16)`, `q` in 0..32).
     Q5_0,
+    /// 32 values: f16 scale `d`, 16 bytes of 4-bit values laid out as Q4_1's (`w = d·(q − 8)`).
+    Q4_0,
+    /// 32 values: f16 scale `d`, f16 minimum `m`, 32 high bits and 16 bytes of low 4 bits laid
+    /// out as Q5_0's (`w = d·q + m`, `q` in 0..32).
+    Q5_1,
     /// 256 values: f16 `d`, f16 `dmin`, 12 bytes of eight 6-bit scales and minimums (one pair
     /// per 32 values), 128 bytes of 4-bit values (`w = d·sc·q − dmin·m`).
     Q4K,
@@ -67,12 +73,13 @@ pub enum WeightType {
 }
 
 impl WeightType {
-    pub const ALL: [WeightType; 5] = [WeightType::Q4_1, WeightType::Q8_0, WeightType::Q5_0, WeightType::Q4K, WeightType::Q6K];
+    pub const ALL: [WeightType; 7] =
+        [WeightType::Q4_1, WeightType::Q8_0, WeightType::Q5_0, WeightType::Q4_0, WeightType::Q5_1, WeightType::Q4K, WeightType::Q6K];
 
     /// Values per ggml block (32, or 256 for the K types; `k` must be a multiple).
     pub fn block_values(self) -> usize {
         match self {
-            Self::Q4_1 | Self::Q8_0 | Self::Q5_0 => QK,
+            Self::Q4_1 | Self::Q8_0 | Self::Q5_0 | Self::Q4_0 | Self::Q5_1 => QK,
             Self::Q4K | Self::Q6K => 256,
         }
     }
@@ -83,6 +90,8 @@ impl WeightType {
             Self::Q4_1 => 20,
             Self::Q8_0 => 34,
             Self::Q5_0 => 22,
+            Self::Q4_0 => 18,
+            Self::Q5_1 => 24,
             Self::Q4K => 144,
             Self::Q6K => 210,
         }
@@ -93,6 +102,8 @@ impl WeightType {
             GgmlDType::Q4_1 => Some(Self::Q4_1),
             GgmlDType::Q8_0 => Some(Self::Q8_0),
             GgmlDType::Q5_0 => Some(Self::Q5_0),
+            GgmlDType::Q4_0 => Some(Self::Q4_0),
+            GgmlDType::Q5_1 => Some(Self::Q5_1),
             GgmlDType::Q4K => Some(Self::Q4K),
             GgmlDType::Q6K => Some(Self::Q6K),
             _ => None,
@@ -104,6 +115,8 @@ impl WeightType {
             Self::Q4_1 => GgmlDType::Q4_1,
             Self::Q8_0 => GgmlDType::Q8_0,
             Self::Q5_0 => GgmlDType::Q5_0,
+            Self::Q4_0 => GgmlDType::Q4_0,
+            Self::Q5_1 => GgmlDType::Q5_1,
             Self::Q4K => GgmlDType::Q4K,
             Self::Q6K => GgmlDType::Q6K,
         }
@@ -114,9 +127,17 @@ impl WeightType {
             Self::Q4_1 => "Q4_1",
             Self::Q8_0 => "Q8_0",
             Self::Q5_0 => "Q5_0",
+            Self::Q4_0 => "Q4_0",
+            Self::Q5_1 => "Q5_1",
             Self::Q4K => "Q4_K",
             Self::Q6K => "Q6_K",
         }
+    }
+
+    /// Whether the kernels run this type in an interleaved layout only ([`crate::packed`]): the
+    /// 32-value types but Q4_1 and Q8_0, which have kernels on ggml's layout too.
+    pub fn runs_packed_only(self) -> bool {
+        matches!(self, Self::Q5_0 | Self::Q4_0 | Self::Q5_1)
     }
 
     /// Whether the kernels take this weight's rows of `k` values.
@@ -508,12 +529,12 @@ pub fn matmul_on(path: SimdPath, wt: WeightType, w: &[u8], n: usize, k: usize, x
             _ => matmul_q6k_on(path, w, n, k, &acts, out),
         };
     }
-    let acts = QuantizedActs::quantize(x, m, k);
-    if wt == WeightType::Q5_0 {
-        // Q5_0 runs in its interleaved layout (models repack once at load).
-        return crate::packed::PackedBlocks::new(crate::packed::BlockFormat::Q50, w, n, k)?.matmul_quantized_on(path, &acts, out);
+    if wt.runs_packed_only() {
+        // Q5_0, Q4_0 and Q5_1 run in their interleaved layout (models repack once at load).
+        let packed = crate::packed::PackedWeight::new(wt.ggml(), w, n, k)?.expect("a packed type");
+        return packed.matmul_on(path, x, m, out);
     }
-    matmul_quantized_on(path, wt, w, n, k, &acts, out)
+    matmul_quantized_on(path, wt, w, n, k, &QuantizedActs::quantize(x, m, k), out)
 }
 
 /// Q5_0 blocks (f16 scale, 32 high bits, 16 bytes of low nibbles; value `q − 16` with `q` in
@@ -568,8 +589,8 @@ fn quantized_work<'a>(
     if matches!(wt, WeightType::Q4K | WeightType::Q6K) {
         candle_core::bail!("quantized matmul: {} takes activations in super-blocks (SuperActs)", wt.name());
     }
-    if wt == WeightType::Q5_0 {
-        candle_core::bail!("quantized matmul: Q5_0 runs in its packed layout (packed::PackedBlocks)");
+    if wt.runs_packed_only() {
+        candle_core::bail!("quantized matmul: {} runs in its packed layout (packed::PackedBlocks)", wt.name());
     }
     let nb = k / QK;
     let stride = k / wt.block_values() * wt.block_bytes();
@@ -877,7 +898,7 @@ mod scalar {
                 let blk = &row[b * 34..(b + 1) * 34];
                 (dot(&mut blk[2..34].iter().map(|&q| q as i8 as i32), a), f16_at(blk.as_ptr()), 0.0)
             }
-            WeightType::Q5_0 => unreachable!("Q5_0 runs packed"),
+            WeightType::Q5_0 | WeightType::Q4_0 | WeightType::Q5_1 => unreachable!("runs packed"),
             WeightType::Q4K | WeightType::Q6K => unreachable!("the K types take super-blocks (SuperActs)"),
         }
     }
@@ -953,7 +974,7 @@ mod scalar {
                 let y = match wt {
                     WeightType::Q4_1 => hsum8(acc) + hsum8(mins),
                     WeightType::Q8_0 => hsum8(acc),
-                    WeightType::Q5_0 => unreachable!("Q5_0 runs packed"),
+                    WeightType::Q5_0 | WeightType::Q4_0 | WeightType::Q5_1 => unreachable!("runs packed"),
                     WeightType::Q4K | WeightType::Q6K => unreachable!("the K types take super-blocks"),
                 };
                 *out.add(r * n + c) = y;
@@ -1288,7 +1309,7 @@ macro_rules! x86_path {
                         match wt {
                             WeightType::Q4_1 => rows!(q4_1, w, nb, acts, out, n, r0, rows),
                             WeightType::Q8_0 => rows!(q8_0, w, nb, acts, out, n, r0, rows),
-                            WeightType::Q5_0 => unreachable!("Q5_0 runs packed"),
+                            WeightType::Q5_0 | WeightType::Q4_0 | WeightType::Q5_1 => unreachable!("runs packed"),
                             WeightType::Q4K | WeightType::Q6K => unreachable!("the K types take super-blocks"),
                         }
                         r0 += rows;
@@ -1383,6 +1404,15 @@ mod tests {
                 }
                 WeightType::Q5_0 => {
                     w.extend_from_slice(&f16_bytes(0.01 + 0.02 * g.next().abs()));
+                    (0..20).for_each(|_| w.push(g.byte()));
+                }
+                WeightType::Q4_0 => {
+                    w.extend_from_slice(&f16_bytes(0.01 + 0.02 * g.next().abs()));
+                    (0..16).for_each(|_| w.push(g.byte()));
+                }
+                WeightType::Q5_1 => {
+                    w.extend_from_slice(&f16_bytes(0.01 + 0.02 * g.next().abs()));
+                    w.extend_from_slice(&f16_bytes(-0.1 * g.next().abs()));
                     (0..20).for_each(|_| w.push(g.byte()));
                 }
                 WeightType::Q4K => {
@@ -1495,11 +1525,11 @@ mod tests {
             let zero = f16::ZERO.to_bits().to_le_bytes();
             for blk in w.chunks_exact_mut(wt.block_bytes()) {
                 match wt {
-                    WeightType::Q4_1 => {
+                    WeightType::Q4_1 | WeightType::Q5_1 => {
                         blk[..2].copy_from_slice(&one);
                         blk[2..4].copy_from_slice(&zero);
                     }
-                    WeightType::Q8_0 | WeightType::Q5_0 => blk[..2].copy_from_slice(&one),
+                    WeightType::Q8_0 | WeightType::Q5_0 | WeightType::Q4_0 => blk[..2].copy_from_slice(&one),
                     WeightType::Q4K => {
                         blk[..2].copy_from_slice(&one);
                         blk[2..4].copy_from_slice(&zero);
@@ -1577,23 +1607,36 @@ mod tests {
         }
     }
 
-    /// Q5_0's kernels give the bits of Q8_0's on the same weights converted ([`q5_0_to_q8_0`],
-    /// as loading did before Q5_0 had kernels of its own, so a model's outputs do not change),
-    /// on every path, for ragged
-    /// shapes and rows on both sides of the row tiles.
+    /// Q4_0 blocks as Q8_0 blocks of the same weights (`q − 8` as the signed value).
+    fn q4_0_to_q8_0(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for blk in data.chunks_exact(18) {
+            out.extend_from_slice(&blk[..2]);
+            let qs = &blk[2..];
+            out.extend((0..32).map(|j| ((if j < 16 { qs[j] & 0x0f } else { qs[j - 16] >> 4 }) as i8 - 8) as u8));
+        }
+        out
+    }
+
+    /// Q5_0's and Q4_0's kernels give the bits of Q8_0's on the same weights converted
+    /// ([`q5_0_to_q8_0`], as loading did before Q5_0 had kernels of its own, so a model's
+    /// outputs do not change), on every path, for ragged shapes and rows on both sides of the
+    /// row tiles.
     #[test]
-    fn q5_0_gives_the_bits_of_q8_0_on_the_same_weights() {
+    fn q5_0_and_q4_0_give_the_bits_of_q8_0_on_the_same_weights() {
         let mut g = Lcg(23);
-        for (n, k) in shapes(WeightType::Q5_0) {
-            let w = random_weights(WeightType::Q5_0, n, k, &mut g);
-            let w8 = q5_0_to_q8_0(&w).unwrap();
-            assert_eq!(dequantize(WeightType::Q5_0, &w, n, k), dequantize(WeightType::Q8_0, &w8, n, k), "conversion n {n} k {k}");
-            for m in [1usize, 2, 4, 5, 8, 9, 17] {
-                let x: Vec<f32> = (0..m * k).map(|_| g.next() * 3.0).collect();
-                for path in available_paths() {
-                    let (y5, y8) = (run(path, WeightType::Q5_0, &w, n, k, &x, m), run(path, WeightType::Q8_0, &w8, n, k, &x, m));
-                    let same = y5.iter().zip(&y8).all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "Q5_0 on {}: n {n} k {k} m {m} differs from Q8_0 on the converted weights", path.name());
+        for wt in [WeightType::Q5_0, WeightType::Q4_0] {
+            for (n, k) in shapes(wt) {
+                let w = random_weights(wt, n, k, &mut g);
+                let w8 = if wt == WeightType::Q5_0 { q5_0_to_q8_0(&w).unwrap() } else { q4_0_to_q8_0(&w) };
+                assert_eq!(dequantize(wt, &w, n, k), dequantize(WeightType::Q8_0, &w8, n, k), "{wt:?} conversion n {n} k {k}");
+                for m in [1usize, 2, 4, 5, 8, 9, 17] {
+                    let x: Vec<f32> = (0..m * k).map(|_| g.next() * 3.0).collect();
+                    for path in available_paths() {
+                        let (y, y8) = (run(path, wt, &w, n, k, &x, m), run(path, WeightType::Q8_0, &w8, n, k, &x, m));
+                        let same = y.iter().zip(&y8).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{} on {}: n {n} k {k} m {m} differs from Q8_0 on the converted weights", wt.name(), path.name());
+                    }
                 }
             }
         }
@@ -1614,6 +1657,8 @@ mod tests {
                 (WeightType::Q8_0, 3),
                 (WeightType::Q4_1, 64),
                 (WeightType::Q5_0, 21),
+                (WeightType::Q4_0, 9),
+                (WeightType::Q5_1, 17),
                 (WeightType::Q6K, 10),
             ]
             .into_iter()
@@ -1622,14 +1667,15 @@ mod tests {
             let packed: Vec<PackedWeight> =
                 weights.iter().map(|(wt, n, w)| PackedWeight::new(wt.ggml(), w, *n, k).unwrap().expect("a packed type")).collect();
             // The last Q6_K weight on its ggml layout, the others packed.
-            let mut ops: Vec<Operand> = packed[..5].iter().map(Operand::Packed).collect();
-            ops.push(Operand::Q6kGgml { data: &weights[5].2, n: weights[5].1 });
+            let last = weights.len() - 1;
+            let mut ops: Vec<Operand> = packed[..last].iter().map(Operand::Packed).collect();
+            ops.push(Operand::Q6kGgml { data: &weights[last].2, n: weights[last].1 });
             for m in [1usize, 3, 9] {
                 let x: Vec<f32> = (0..m * k).map(|_| g.next() * 3.0).collect();
                 for path in available_paths() {
                     let outs = matmul_fused_on(path, &ops, &x, m).unwrap();
                     for (i, ((wt, n, w), y)) in weights.iter().zip(&outs).enumerate() {
-                        let own = if i < 5 {
+                        let own = if i < last {
                             let mut y = vec![f32::NAN; m * n];
                             packed[i].matmul_on(path, &x, m, &mut y).unwrap();
                             y

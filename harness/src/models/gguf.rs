@@ -39,7 +39,7 @@ pub struct GgufFile {
     /// (from, to, tensors) converted by the last load.
     converted: Vec<(GgmlDType, GgmlDType, usize)>,
     /// Weights repacked for the project's kernels by the last load: (type, count), per type.
-    packed: [(GgmlDType, usize); 5],
+    packed: [(GgmlDType, usize); 7],
     /// Convert weights at load ([`Self::set_convert`]).
     convert: bool,
     /// Dequantize every weight to f32 at load ([`Self::load_transformer_dequantized`]).
@@ -360,8 +360,15 @@ pub fn ggml_name(dtype: GgmlDType) -> String {
 }
 
 /// The types the project's kernels repack at load, none counted yet.
-const NO_PACKED: [(GgmlDType, usize); 5] =
-    [(GgmlDType::Q4_1, 0), (GgmlDType::Q8_0, 0), (GgmlDType::Q5_0, 0), (GgmlDType::Q4K, 0), (GgmlDType::Q6K, 0)];
+const NO_PACKED: [(GgmlDType, usize); 7] = [
+    (GgmlDType::Q4_1, 0),
+    (GgmlDType::Q8_0, 0),
+    (GgmlDType::Q5_0, 0),
+    (GgmlDType::Q4K, 0),
+    (GgmlDType::Q6K, 0),
+    (GgmlDType::Q4_0, 0),
+    (GgmlDType::Q5_1, 0),
+];
 
 fn packing_text(dtype: GgmlDType, n: usize) -> String {
     let plural = if n == 1 { "" } else { "s" };

@@ -44,12 +44,12 @@ pub struct TransformerConfig {
 pub struct Linear {
     pub weight: QMatMul,
     pub bias: Option<Tensor>,
-    /// A Q4_1, Q8_0, Q5_0, Q4_K or Q6_K weight repacked for the project's kernels (when they are on at load).
+    /// A Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K or Q6_K weight repacked for the project's kernels (when they are on at load).
     packed: Option<Arc<PackedWeight>>,
 }
 
 impl Linear {
-    /// Repacks a Q4_1, Q8_0, Q5_0, Q4_K or Q6_K weight for the project's kernels when they are on
+    /// Repacks a Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K or Q6_K weight for the project's kernels when they are on
     /// ([`own_kernels_default`]); the repacking is exact (see `decodebench_kernels::packed`).
     /// A Q6_K weight keeps its ggml layout too, which calls of one row read.
     pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Result<Self> {
@@ -63,7 +63,7 @@ impl Linear {
         Ok(Self { weight, bias, packed })
     }
 
-    /// Whether the weight was repacked at load (Q4_1, Q8_0, Q5_0, Q4_K, Q6_K, for the project's kernels).
+    /// Whether the weight was repacked at load (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K, for the project's kernels).
     pub fn is_packed(&self) -> bool {
         self.packed.is_some()
     }
@@ -74,7 +74,7 @@ impl Linear {
         self.forward_with(x, own_kernels_default(), exact_rows)
     }
 
-    /// `own_kernels`: weights that `decodebench_kernels::qmatmul` covers (Q4_1, Q8_0, Q5_0, Q4_K,
+    /// `own_kernels`: weights that `decodebench_kernels::qmatmul` covers (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
     /// Q6_K on the CPU) run there, whose rows never depend on the block (so `exact_rows` costs
     /// nothing). Exception: a block that need not be row-exact (a prompt) of more than
     /// [`CANDLE_BATCH_ROWS`] rows of a Q6_K weight takes candle's repacked tile kernel, faster
@@ -184,7 +184,7 @@ impl Linear {
 
     /// Whether [`Self::forward`] gives each row the same bits as a one-row call would, in
     /// batched (not row-exact) mode too: with the project's kernels on, true for the types they
-    /// cover and always run (Q4_1, Q8_0, Q5_0, Q4_K; a long Q6_K block goes to candle's tile kernel, see
+    /// cover and always run (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K; a long Q6_K block goes to candle's tile kernel, see
     /// [`Self::forward_with`]); with them off, true for the quantized types whose candle kernel
     /// does per-row integer dot products.
     pub fn rows_are_independent(&self) -> bool {
