@@ -5,12 +5,12 @@
 //! default models: Q4_1 (SmolLM2's projections and MLP), Q8_0 (SmolLM2's 49152-row tied head,
 //! and the Qwen-0.5B's MLP shape, as its Q5_0 weights were converted at load until they had a
 //! kernel of their own), Q5_0 (the Qwen-0.5B's MLP), Q4_0 and Q5_1 (at that shape: no default
-//! model has them), Q4_K (the Qwen-1.5B's MLP) and Q6_K (the
+//! model has them), Q5_K (at the 1.5B's MLP up shape: no default model has it), Q4_K (the Qwen-1.5B's MLP) and Q6_K (the
 //! Qwen-1.5B's MLP down projection and its 151936-row head), for 1, 2, 4, 8, 16 and 64 activation
 //! rows. Benchmarks per group: `candle` (candle's `QMatMul::forward`), and `ours/<path>` for every SIMD path this CPU runs
 //! (`avx2`, `avx512vnni`, `avx512zmm`, and `scalar` at one row only; the selected one is what models use).
 //! Q4_1, Q8_0 and Q6_K have two layouts with the same bits: `ours` is the one models take at that row
-//! count, and `packed/<path>` or `ggml-layout/<path>` the other one (Q4_K, Q4_0, Q5_0 and Q5_1 run packed only).
+//! count, and `packed/<path>` or `ggml-layout/<path>` the other one (Q4_K, Q5_K, Q4_0, Q5_0 and Q5_1 run packed only).
 //!
 //! Groups `fused/<layer part>/m<rows>` time a Qwen-1.5B layer's products that share an input (Q,
 //! K, V; gate, up) one by one against fused (`matmul_fused_on`), on the selected path.
@@ -31,7 +31,7 @@ use decodebench_kernels::packed::PackedWeight;
 use decodebench_kernels::qmatmul::{available_paths, matmul_on, selected_path, SimdPath, WeightType};
 
 /// (type, n, k): output features, input features.
-const CASES: [(WeightType, usize, usize); 11] = [
+const CASES: [(WeightType, usize, usize); 12] = [
     (WeightType::Q4_1, 1536, 576),
     (WeightType::Q4_1, 576, 1536),
     (WeightType::Q8_0, 49152, 576),
@@ -41,6 +41,7 @@ const CASES: [(WeightType, usize, usize); 11] = [
     (WeightType::Q5_1, 4864, 896),
     (WeightType::Q4K, 8960, 1536),
     (WeightType::Q4K, 1536, 1536),
+    (WeightType::Q5K, 8960, 1536),
     (WeightType::Q6K, 1536, 8960),
     (WeightType::Q6K, 151936, 1536),
 ];
@@ -84,10 +85,13 @@ fn main() {
                 });
                 let mut out = vec![0f32; m * n];
                 // `ours`: what models run (Q4_1 and Q8_0 packed; Q6_K packed from
-                // q6k_packed_min_rows(k) rows, on ggml's layout below); for these three also the
+                // Q6K_PACKED_MIN_ROWS rows, on ggml's layout below); for these three also the
                 // other layout, `packed` or `ggml-layout` (same bits).
-                let layouts: &[bool] =
-                    if packed.is_empty() || wt == WeightType::Q4K || wt.runs_packed_only() { &[true] } else { &[true, false] };
+                let layouts: &[bool] = if packed.is_empty() || matches!(wt, WeightType::Q4K | WeightType::Q5K) || wt.runs_packed_only() {
+                    &[true]
+                } else {
+                    &[true, false]
+                };
                 // The scalar fallback only at one row: it is there for correctness, not speed.
                 for path in available_paths().into_iter().filter(|&p| p != SimdPath::Scalar || m == 1) {
                     for &models in layouts {

@@ -169,7 +169,7 @@ impl fmt::Display for Report {
         writeln!(f, "compiled   {}", if self.compiled.is_empty() { "(not x86_64)".to_string() } else { self.compiled.join(" ") })?;
         writeln!(
             f,
-            "kernels    quantized matmul (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K): {}{}",
+            "kernels    quantized matmul (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K): {}{}",
             self.kernel_path,
             if crate::models::transformer::own_kernels_default() { "" } else { " (off: DECODEBENCH_KERNELS=candle)" }
         )?;

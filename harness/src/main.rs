@@ -401,6 +401,9 @@ struct StrategyArgs {
     /// Stop drafting when the draft's top-1 probability is below P.
     #[arg(long)]
     p_min: Option<String>,
+    /// Draft among the first N token ids only (a cheaper draft step; greedy acceptance).
+    #[arg(long)]
+    draft_vocab: Option<String>,
     /// Acceptance rule: greedy (lossless against greedy decoding), rejection (speculative
     /// sampling), typical (Medusa), sampling (lookup). Default: greedy at temperature 0, else the
     /// strategy's sampling rule.
@@ -462,6 +465,7 @@ impl StrategyArgs {
             ("--gamma", &self.gamma),
             ("--gamma-schedule", &self.gamma_schedule),
             ("--p-min", &self.p_min),
+            ("--draft-vocab", &self.draft_vocab),
             ("--accept", &self.accept),
             ("--temperature", &self.temperature),
             ("--top-k", &self.top_k),

@@ -507,13 +507,17 @@ fn check_accept_vs_temperature(p: &Params, g: &BTreeSet<String>, greedy_rule: &s
 }
 
 fn check_speculative(p: &Params, g: &BTreeSet<String>) -> std::result::Result<(), (&'static str, String)> {
+    if p.opt_int("draft_vocab").is_some() && p.text("accept") == "rejection" {
+        return Err(("draft_vocab", "draft_vocab needs accept=greedy (rejection sampling needs the draft's whole distribution)".into()));
+    }
     check_accept_vs_temperature(p, g, "greedy")
 }
 
 fn build_speculative(p: &Params, _: &BuildContext) -> Result<Box<dyn Decoder>> {
     let schedule = if p.text("schedule") == "heuristic" { GammaSchedule::Heuristic } else { GammaSchedule::Constant };
     let acceptance = if p.text("accept") == "rejection" { SpecAcceptance::Rejection } else { SpecAcceptance::Greedy };
-    let config = SpeculativeConfig { gamma: p.usize("gamma"), schedule, p_min: p.opt_float("p_min"), acceptance };
+    let draft_vocab = p.opt_int("draft_vocab").map(|n| n as usize);
+    let config = SpeculativeConfig { gamma: p.usize("gamma"), schedule, p_min: p.opt_float("p_min"), acceptance, draft_vocab };
     config.validate().map_err(anyhow::Error::msg)?;
     Ok(Box::new(Speculative(config, p.clone())))
 }
@@ -716,6 +720,13 @@ pub static REGISTRY: &[StrategyDef] = &[
                 help: "stop drafting below this draft top-1 probability",
             },
             ParamDef {
+                name: "draft_vocab",
+                flag: "--draft-vocab",
+                kind: Kind::OptInt { min: 1, max: 1 << 24 },
+                default: Default::None,
+                help: "draft among the first N token ids only (the most frequent in BPE order)",
+            },
+            ParamDef {
                 name: "accept",
                 flag: "--accept",
                 kind: Kind::Choice(&["greedy", "rejection"]),
@@ -864,7 +875,7 @@ mod tests {
     #[test]
     fn defaults_fill_in_and_label_names_every_parameter() {
         let s = StrategySpec::resolve("speculative", &given(&[("gamma", Value::from(5))]), &cfg(0)).unwrap();
-        assert_eq!(s.label(), "accept=greedy,gamma=5,p_min=none,schedule=constant,temperature=0.0,top_k=none,top_p=none");
+        assert_eq!(s.label(), "accept=greedy,draft_vocab=none,gamma=5,p_min=none,schedule=constant,temperature=0.0,top_k=none,top_p=none");
         assert!(s.lossless());
         assert_eq!(s.id(), format!("speculative[{}]", s.label()));
         let g = StrategySpec::resolve("greedy", &[], &Place::Cli).unwrap();
@@ -901,6 +912,11 @@ mod tests {
         assert!(!ok.lossless());
         let e = StrategySpec::from_flags("greedy", &[("--gamma", "2".into())]).unwrap_err().to_string();
         assert!(e.contains("takes none"), "{e}");
+        let rejection = [("--temperature", "0.7".into()), ("--accept", "rejection".into()), ("--draft-vocab", "32768".into())];
+        let e = StrategySpec::from_flags("speculative", &rejection).unwrap_err().to_string();
+        assert!(e.contains("--draft-vocab") && e.contains("accept=greedy"), "{e}");
+        let limited = StrategySpec::from_flags("speculative", &[("--draft-vocab", "32768".into())]).unwrap();
+        assert!(limited.lossless() && limited.label().contains("draft_vocab=32768"), "{}", limited.label());
     }
 
     #[test]

@@ -49,12 +49,15 @@ pub(crate) trait Lanes {
     unsafe fn madd16(a: Self::I, b: Self::I) -> Self::I;
     /// `acc + Σ` of four u8 × i8 products per i32 lane (exact for the operands the kernels give).
     unsafe fn dot(acc: Self::I, u: Self::I, s: Self::I) -> Self::I;
-    /// One 16-value half of a Q6_K block per column: `sc · Σ (a + 128)(q − 32)` from the four
-    /// vectors of values `w`, the activations plus 128 at `a`, and `sc` from [`Self::q6k_scales`].
+    /// One 16-value half of a Q6_K block per column: `sc · Σ q · a` from the four vectors of
+    /// unsigned values `w` (`q` in 0..64), the signed activations at `a` (four per vector), and
+    /// `sc` from [`Self::q6k_scales`].
     unsafe fn q6k_half(w: &[Self::I], a: *const u8, sc: Self::I) -> Self::I;
     /// Q6_K's i32 scales in the form [`Self::q6k_half`] takes.
     unsafe fn q6k_scales(sc: Self::I) -> Self::I;
     unsafe fn add_i(a: Self::I, b: Self::I) -> Self::I;
+    /// Each i32 lane shifted left by 16 bits.
+    unsafe fn slli16_i32(a: Self::I) -> Self::I;
     unsafe fn and(a: Self::I, b: Self::I) -> Self::I;
     unsafe fn or(a: Self::I, b: Self::I) -> Self::I;
     /// Each 16-bit lane shifted right by four (the high nibbles of bytes, before a mask).
@@ -63,6 +66,9 @@ pub(crate) trait Lanes {
     /// a 16-bit shift by at most four places, whose bits crossing into the next byte land
     /// outside bit 4, then a mask.
     unsafe fn bit_to_4(h: Self::I, x: u32) -> Self::I;
+    /// Bits `2y` and `2y + 1` (`y` in 0..4) of every byte moved to bits 4 and 5 (16 and 32), the
+    /// byte's other bits cleared, as [`Self::bit_to_4`] does for one bit.
+    unsafe fn bits2_to_4(h: Self::I, y: u32) -> Self::I;
     unsafe fn abs8(a: Self::I) -> Self::I;
     /// `a` with the sign of `w` per byte (`a · sign(w)`; bytes where `w = 0` may keep `a`: the
     /// kernels multiply them by `|w| = 0`).
@@ -149,6 +155,10 @@ macro_rules! ymm_common {
             _mm256_add_epi32(a, b)
         }
         #[inline(always)]
+        unsafe fn slli16_i32(a: __m256i) -> __m256i {
+            _mm256_slli_epi32::<16>(a)
+        }
+        #[inline(always)]
         unsafe fn and(a: __m256i, b: __m256i) -> __m256i {
             _mm256_and_si256(a, b)
         }
@@ -173,6 +183,16 @@ macro_rules! ymm_common {
                 _ => _mm256_srli_epi16::<3>(h),
             };
             _mm256_and_si256(s, _mm256_set1_epi8(0x10))
+        }
+        #[inline(always)]
+        unsafe fn bits2_to_4(h: __m256i, y: u32) -> __m256i {
+            let s = match y {
+                0 => _mm256_slli_epi16::<4>(h),
+                1 => _mm256_slli_epi16::<2>(h),
+                2 => h,
+                _ => _mm256_srli_epi16::<2>(h),
+            };
+            _mm256_and_si256(s, _mm256_set1_epi8(0x30))
         }
         #[inline(always)]
         unsafe fn abs8(a: __m256i) -> __m256i {
@@ -216,15 +236,15 @@ impl Lanes for Avx2Y {
 
     #[inline(always)]
     unsafe fn dot(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
-        // Pairs of products stay within i16 for the operands the kernels give (nibbles or |q8|
-        // against i8; Q6_K's bytes go through `q6k_half` instead).
+        // Pairs of products stay within i16 for the operands the kernels give (5-bit values or
+        // |q8| against i8; Q6_K's 6-bit values go through `q6k_half` instead).
         _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
     }
 
     #[inline(always)]
     unsafe fn q6k_half(w: &[__m256i], a: *const u8, sc16: __m256i) -> __m256i {
-        // `maddubs` pairs stay within i16 (2 · 255 · 32); `madd` applies the scale pairs.
-        let p = |g: usize| _mm256_madd_epi16(_mm256_maddubs_epi16(Self::bcast4(a.add(4 * g)), w[g]), sc16);
+        // `maddubs` pairs stay within i16 (2 · 63 · 128); `madd` applies the scale pairs.
+        let p = |g: usize| _mm256_madd_epi16(_mm256_maddubs_epi16(w[g], Self::bcast4(a.add(4 * g))), sc16);
         _mm256_add_epi32(_mm256_add_epi32(p(0), p(1)), _mm256_add_epi32(p(2), p(3)))
     }
 
@@ -247,7 +267,7 @@ impl Lanes for VnniY {
     unsafe fn q6k_half(w: &[__m256i], a: *const u8, sc: __m256i) -> __m256i {
         let mut s = _mm256_setzero_si256();
         for (g, &w) in w.iter().enumerate().take(4) {
-            s = _mm256_dpbusd_epi32(s, Self::bcast4(a.add(4 * g)), w);
+            s = _mm256_dpbusd_epi32(s, w, Self::bcast4(a.add(4 * g)));
         }
         _mm256_mullo_epi32(s, sc)
     }
@@ -332,7 +352,7 @@ impl Lanes for VnniZ {
     unsafe fn q6k_half(w: &[__m512i], a: *const u8, sc: __m512i) -> __m512i {
         let mut s = _mm512_setzero_si512();
         for (g, &w) in w.iter().enumerate().take(4) {
-            s = _mm512_dpbusd_epi32(s, Self::bcast4(a.add(4 * g)), w);
+            s = _mm512_dpbusd_epi32(s, w, Self::bcast4(a.add(4 * g)));
         }
         _mm512_mullo_epi32(s, sc)
     }
@@ -343,6 +363,10 @@ impl Lanes for VnniZ {
     #[inline(always)]
     unsafe fn add_i(a: __m512i, b: __m512i) -> __m512i {
         _mm512_add_epi32(a, b)
+    }
+    #[inline(always)]
+    unsafe fn slli16_i32(a: __m512i) -> __m512i {
+        _mm512_slli_epi32::<16>(a)
     }
     #[inline(always)]
     unsafe fn and(a: __m512i, b: __m512i) -> __m512i {
@@ -369,6 +393,16 @@ impl Lanes for VnniZ {
             _ => _mm512_srli_epi16::<3>(h),
         };
         _mm512_and_si512(s, _mm512_set1_epi8(0x10))
+    }
+    #[inline(always)]
+    unsafe fn bits2_to_4(h: __m512i, y: u32) -> __m512i {
+        let s = match y {
+            0 => _mm512_slli_epi16::<4>(h),
+            1 => _mm512_slli_epi16::<2>(h),
+            2 => h,
+            _ => _mm512_srli_epi16::<2>(h),
+        };
+        _mm512_and_si512(s, _mm512_set1_epi8(0x30))
     }
     #[inline(always)]
     unsafe fn abs8(a: __m512i) -> __m512i {

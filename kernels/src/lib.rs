@@ -5,7 +5,7 @@
 //!   other devices and dtypes candle's matmul + [`attention_mask`] + softmax.
 //! - [`attention_mask`]: the additive mask of one block forward.
 //! - [`compact_rows`]: moving the accepted positions of a block into place in a KV buffer.
-//! - [`qmatmul`]: quantized matmuls (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K) whose rows do not depend on the
+//! - [`qmatmul`]: quantized matmuls (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) whose rows do not depend on the
 //!   block around them, with AVX2 / AVX-512 VNNI (256- and 512-bit) paths picked at run time and
 //!   a scalar fallback; [`packed`] their interleaved layouts.
 //! - `cuda` (feature `cuda`): driver, runtime and device facts (name, compute capability,

@@ -7,12 +7,13 @@
 //! `avx512zmm` path a 512-bit register holds two adjacent groups, with the same operations per
 //! column, so the layout is the same for every path.
 //!
-//! - [`PackedQ4K`]: Q4_K, for every call (its arithmetic is below).
+//! - [`PackedQ4K`]: Q4_K, for every call (its arithmetic is below); Q5_K likewise, with the
+//!   fifth bit of each value.
 //! - [`PackedBlocks`]: Q4_1 and Q8_0, for every call, with the bits of the kernel on ggml's
 //!   layout in `qmatmul`, see its docs; Q5_0 and Q4_0 likewise, with the bits Q8_0 gives on the
 //!   same weights converted (`w = d·(q − 16)`, `d·(q − 8)` as a Q8_0 value); Q5_1 with Q4_1's
 //!   arithmetic on 5-bit values.
-//! - [`PackedQ6K`]: Q6_K, for calls of [`q6k_packed_min_rows`] rows or more, with the bits of
+//! - [`PackedQ6K`]: Q6_K, for calls of [`Q6K_PACKED_MIN_ROWS`] rows or more, with the bits of
 //!   the kernel on ggml's layout in `qmatmul` (which one row takes), see its docs.
 //!
 //! The repacking is exact (the same values, scales and minimums, rearranged) and done once at
@@ -48,6 +49,13 @@ const UNIT: usize = 16 + 16 + 64 + 64 + 1024;
 const SC: usize = 32;
 const MN: usize = 96;
 const QS: usize = 160;
+/// Bytes of one ggml Q5_K super-block: Q4_K's `d`, `dmin` and scales, 32 bytes of high bits
+/// (bit `j` of byte `l`: value `l` of sub-block `j`), then the low nibbles as Q4_K's.
+const Q5K_BYTES: usize = 176;
+/// Q5_K unit: a Q4_K unit, then the high bits as the nibble bytes are laid out
+/// (`[group of four][column][4]`, 256 bytes).
+const UNIT5: usize = UNIT + 256;
+const QH: usize = UNIT;
 /// A weight in one of the interleaved layouts.
 #[derive(Debug, Clone)]
 pub enum PackedWeight {
@@ -58,10 +66,11 @@ pub enum PackedWeight {
 
 impl PackedWeight {
     /// Repacks `n` rows of ggml blocks of a type these kernels pack (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-    /// Q4_K, Q6_K); `None` for others.
+    /// Q4_K, Q5_K, Q6_K); `None` for others.
     pub fn new(dtype: GgmlDType, w: &[u8], n: usize, k: usize) -> Result<Option<Self>> {
         Ok(match dtype {
             GgmlDType::Q4K => Some(Self::Q4K(PackedQ4K::new(w, n, k)?)),
+            GgmlDType::Q5K => Some(Self::Q4K(PackedQ4K::new_q5k(w, n, k)?)),
             GgmlDType::Q6K => Some(Self::Q6K(PackedQ6K::new(w, n, k)?)),
             GgmlDType::Q4_1 => Some(Self::Blocks(PackedBlocks::new(BlockFormat::Q41, w, n, k)?)),
             GgmlDType::Q8_0 => Some(Self::Blocks(PackedBlocks::new(BlockFormat::Q80, w, n, k)?)),
@@ -76,17 +85,24 @@ impl PackedWeight {
     pub fn packs(dtype: GgmlDType) -> bool {
         matches!(
             dtype,
-            GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 | GgmlDType::Q8_0 | GgmlDType::Q4K | GgmlDType::Q6K
+            GgmlDType::Q4_0
+                | GgmlDType::Q4_1
+                | GgmlDType::Q5_0
+                | GgmlDType::Q5_1
+                | GgmlDType::Q8_0
+                | GgmlDType::Q4K
+                | GgmlDType::Q5K
+                | GgmlDType::Q6K
         )
     }
 
     /// Whether the packed layout is the faster one for a call with `m` activation rows: always
-    /// for the 32-value block types and Q4_K; for Q6_K from [`q6k_packed_min_rows`] rows (fewer take the
+    /// for the 32-value block types, Q4_K and Q5_K; for Q6_K from [`Q6K_PACKED_MIN_ROWS`] rows (fewer take the
     /// weight's ggml layout in `qmatmul`, with the same bits).
     pub fn serves(&self, m: usize) -> bool {
         match self {
             Self::Q4K(_) | Self::Blocks(_) => true,
-            Self::Q6K(p) => m >= q6k_packed_min_rows(p.k),
+            Self::Q6K(_) => m >= Q6K_PACKED_MIN_ROWS,
         }
     }
 
@@ -96,13 +112,15 @@ impl PackedWeight {
     /// Q4_K 8960x1536 at 16 rows 0.66 → 0.69 ms, 64 rows 2.61 → 1.76; Q6_K 1536x8960 at 2
     /// rows 0.38 → 0.41 ms, 4 rows 0.64 → 0.44, 64 rows 3.33 → 1.97; Q5_0 4864x896 at 8 rows
     /// 186 → 171 µs, 64 rows 1.18 → 0.80 ms; Q4_1 576x1536 at 8 rows 59 → 48 µs; Q8_0 no gain
-    /// (49152x576 at 64 rows 9.4 → 10.2 ms). Q4_0 and Q5_1 share Q4_1's and Q5_0's kernel.
+    /// (49152x576 at 64 rows 9.4 → 10.2 ms). Q4_0 and Q5_1 share Q4_1's and Q5_0's kernel, Q5_K
+    /// Q4_K's.
     pub fn wide_min_rows(&self) -> Option<usize> {
-        wide_min_rows(match self {
-            Self::Q4K(_) => GgmlDType::Q4K,
-            Self::Q6K(_) => GgmlDType::Q6K,
-            Self::Blocks(p) => p.format.ggml(),
-        })
+        match self {
+            Self::Q4K(p) => wide_min_rows(p.dtype()),
+            Self::Q6K(p) if p.k < Q6K_LONG_ROW => None,
+            Self::Q6K(_) => wide_min_rows(GgmlDType::Q6K),
+            Self::Blocks(p) => wide_min_rows(p.format.ggml()),
+        }
     }
 
     /// `(n, k)`.
@@ -129,10 +147,11 @@ impl PackedWeight {
     }
 }
 
-/// [`PackedWeight::wide_min_rows`] by type (`None` for the types not packed as well).
+/// [`PackedWeight::wide_min_rows`] by type (`None` for the types not packed as well; Q6_K's
+/// for rows of [`Q6K_LONG_ROW`] values or more).
 pub fn wide_min_rows(dtype: GgmlDType) -> Option<usize> {
     match dtype {
-        GgmlDType::Q4K => Some(32),
+        GgmlDType::Q4K | GgmlDType::Q5K => Some(32),
         GgmlDType::Q6K => Some(4),
         GgmlDType::Q4_0 | GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1 => Some(8),
         _ => None,
@@ -196,28 +215,41 @@ fn check_super_call(n: usize, k: usize, path: SimdPath, acts: &SuperActs, out: &
 pub struct PackedQ4K {
     pub n: usize,
     pub k: usize,
+    /// Q5_K: each value's fifth bit follows the unit ([`UNIT5`]).
+    high_bits: bool,
     data: Vec<u8>,
 }
 
 impl PackedQ4K {
     /// Repacks `n` rows of ggml Q4_K blocks for rows of `k` values (a multiple of 256).
     pub fn new(w: &[u8], n: usize, k: usize) -> Result<Self> {
-        if k == 0 || !k.is_multiple_of(256) || w.len() != n * (k / 256) * Q4K_BYTES {
-            candle_core::bail!("Q4_K repack: {} bytes for ({n}, {k})", w.len());
+        Self::repack(w, n, k, false)
+    }
+
+    /// Repacks `n` rows of ggml Q5_K blocks: Q4_K's, with the fifth bit of each value (`q` in
+    /// 0..32, `w = d·sc·q − dmin·m`), the same arithmetic otherwise.
+    pub fn new_q5k(w: &[u8], n: usize, k: usize) -> Result<Self> {
+        Self::repack(w, n, k, true)
+    }
+
+    fn repack(w: &[u8], n: usize, k: usize, high_bits: bool) -> Result<Self> {
+        let (bytes, unit_bytes, name) = if high_bits { (Q5K_BYTES, UNIT5, "Q5_K") } else { (Q4K_BYTES, UNIT, "Q4_K") };
+        if k == 0 || !k.is_multiple_of(256) || w.len() != n * (k / 256) * bytes {
+            candle_core::bail!("{name} repack: {} bytes for ({n}, {k})", w.len());
         }
         let nsb = k / 256;
         let groups = n.div_ceil(GROUP_COLS);
         // Columns past `n` in the last group stay zero (d = 0: they add exact zeros, and are
         // never written out).
-        let mut data = vec![0u8; groups * nsb * UNIT];
-        for (unit_index, unit) in data.chunks_exact_mut(UNIT).enumerate() {
+        let mut data = vec![0u8; groups * nsb * unit_bytes];
+        for (unit_index, unit) in data.chunks_exact_mut(unit_bytes).enumerate() {
             let (g, sb) = (unit_index / nsb, unit_index % nsb);
             for c in 0..GROUP_COLS {
                 let col = g * GROUP_COLS + c;
                 if col >= n {
                     break;
                 }
-                let blk = &w[(col * nsb + sb) * Q4K_BYTES..][..Q4K_BYTES];
+                let blk = &w[(col * nsb + sb) * bytes..][..bytes];
                 unit[2 * c..2 * c + 2].copy_from_slice(&blk[0..2]);
                 unit[16 + 2 * c..16 + 2 * c + 2].copy_from_slice(&blk[2..4]);
                 let (sc, mn) = scales_mins_k4(blk[4..16].try_into().expect("12 bytes"));
@@ -225,15 +257,29 @@ impl PackedQ4K {
                     unit[SC + 8 * j + c] = sc[j];
                     unit[MN + 16 * (j / 2) + 2 * c + j % 2] = mn[j];
                 }
-                for p in 0..4 {
-                    for q in 0..8 {
+                // Q5_K's high bits sit between the scales and the nibbles.
+                let qs = if high_bits { &blk[48..] } else { &blk[16..] };
+                for q in 0..8 {
+                    for p in 0..4 {
                         let dst = QS + 256 * p + 32 * q + 4 * c;
-                        unit[dst..dst + 4].copy_from_slice(&blk[16 + 32 * p + 4 * q..16 + 32 * p + 4 * q + 4]);
+                        unit[dst..dst + 4].copy_from_slice(&qs[32 * p + 4 * q..32 * p + 4 * q + 4]);
+                    }
+                    if high_bits {
+                        unit[QH + 32 * q + 4 * c..QH + 32 * q + 4 * c + 4].copy_from_slice(&blk[16 + 4 * q..16 + 4 * q + 4]);
                     }
                 }
             }
         }
-        Ok(Self { n, k, data })
+        Ok(Self { n, k, high_bits, data })
+    }
+
+    /// The ggml type repacked: Q4_K or Q5_K.
+    pub fn dtype(&self) -> GgmlDType {
+        if self.high_bits {
+            GgmlDType::Q5K
+        } else {
+            GgmlDType::Q4K
+        }
     }
 
     /// `out (m, n) = acts · Wᵀ` on `path`, split over groups of columns on candle's thread pool.
@@ -245,19 +291,19 @@ impl PackedQ4K {
     /// [`Self::matmul_quantized_on`]'s work, to run alone or in a fused product.
     pub(crate) fn work<'a>(&'a self, path: SimdPath, acts: &'a SuperActs, out: &'a mut [f32]) -> Result<Work<'a>> {
         check_super_call(self.n, self.k, path, acts, out)?;
-        let (n, nsb) = (self.n, self.k / 256);
-        let gb = nsb * UNIT;
+        let (n, nsb, high) = (self.n, self.k / 256, self.high_bits);
+        let gb = nsb * if high { UNIT5 } else { UNIT };
         Ok(group_work(n, &self.data, gb, out, groups_per_call(path), move |p, o, cols, groups| {
             // SAFETY: `p` is the call's `groups` groups of nsb units, `o` its first output column.
             unsafe {
                 match path {
-                    SimdPath::Scalar => scalar_group(p, nsb, acts, o, n, cols),
+                    SimdPath::Scalar => scalar_group(p, nsb, high, acts, o, n, cols),
                     #[cfg(target_arch = "x86_64")]
-                    SimdPath::Avx2 => avx2::q4k(p, gb, nsb, acts, o, n, cols),
+                    SimdPath::Avx2 => avx2::q4k(p, gb, nsb, high, acts, o, n, cols),
                     #[cfg(target_arch = "x86_64")]
-                    SimdPath::Avx512Zmm if groups == 2 => zmm::q4k(p, gb, nsb, acts, o, n, cols),
+                    SimdPath::Avx512Zmm if groups == 2 => zmm::q4k(p, gb, nsb, high, acts, o, n, cols),
                     #[cfg(target_arch = "x86_64")]
-                    SimdPath::Avx512Vnni | SimdPath::Avx512Zmm => vnni::q4k(p, gb, nsb, acts, o, n, cols),
+                    SimdPath::Avx512Vnni | SimdPath::Avx512Zmm => vnni::q4k(p, gb, nsb, high, acts, o, n, cols),
                     #[cfg(not(target_arch = "x86_64"))]
                     _ => unreachable!("checked by is_available"),
                 }
@@ -270,12 +316,13 @@ impl PackedQ4K {
 ///
 /// # Safety
 /// `p` points at `nsb` units of one group; `out` at its first column of an `(m, n)` output.
-unsafe fn scalar_group(p: *const u8, nsb: usize, acts: &SuperActs, out: *mut f32, n: usize, cols: usize) {
-    let units = std::slice::from_raw_parts(p, nsb * UNIT);
+unsafe fn scalar_group(p: *const u8, nsb: usize, high_bits: bool, acts: &SuperActs, out: *mut f32, n: usize, cols: usize) {
+    let unit_bytes = if high_bits { UNIT5 } else { UNIT };
+    let units = std::slice::from_raw_parts(p, nsb * unit_bytes);
     for r in 0..acts.m {
         for c in 0..cols {
             let mut acc = 0f32;
-            for (sb, u) in units.chunks_exact(UNIT).enumerate() {
+            for (sb, u) in units.chunks_exact(unit_bytes).enumerate() {
                 let d = f16::from_le_bytes([u[2 * c], u[2 * c + 1]]).to_f32();
                 let dmin = f16::from_le_bytes([u[16 + 2 * c], u[16 + 2 * c + 1]]).to_f32();
                 let b = r * nsb + sb;
@@ -286,7 +333,8 @@ unsafe fn scalar_group(p: *const u8, nsb: usize, acts: &SuperActs, out: *mut f32
                     for q in 0..8 {
                         for t in 0..4 {
                             let byte = u[QS + 256 * (j / 2) + 32 * q + 4 * c + t];
-                            let v = if j % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+                            let high = if high_bits { ((u[QH + 32 * q + 4 * c + t] >> j) & 1) << 4 } else { 0 };
+                            let v = (if j % 2 == 0 { byte & 0x0f } else { byte >> 4 }) | high;
                             s += v as i32 * a[4 * q + t] as i32;
                         }
                     }
@@ -364,12 +412,12 @@ macro_rules! row_tiles {
     };
 }
 
-/// Q4_K, rows `r0..r0 + R` against the call's groups' `nsb` units (`gb`: one group's bytes), in
-/// `V`'s lanes (see `crate::lanes`).
+/// Q4_K (`HIGH`: Q5_K), rows `r0..r0 + R` against the call's groups' `nsb` units (`gb`: one
+/// group's bytes), in `V`'s lanes (see `crate::lanes`).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn q4k_rows<V: Lanes, const R: usize>(
+unsafe fn q4k_rows<V: Lanes, const R: usize, const HIGH: bool>(
     p: *const u8,
     gb: usize,
     nsb: usize,
@@ -382,10 +430,11 @@ unsafe fn q4k_rows<V: Lanes, const R: usize>(
     let mut acc = [V::zero_f(); R];
     let mask = V::splat_i8(0x0f);
     let (qs, ad, bs) = (acts.qs.as_ptr() as *const u8, acts.d.as_ptr(), acts.bs.as_ptr() as *const u8);
+    let unit_bytes = if HIGH { UNIT5 } else { UNIT };
     for sb in 0..nsb {
-        let u = p.add(sb * UNIT);
+        let u = p.add(sb * unit_bytes);
         if acts.m >= PREFETCH_MIN_ROWS {
-            prefetch_groups::<V>(u, gb, UNIT);
+            prefetch_groups::<V>(u, gb, unit_bytes);
         }
         // The super-block's integer sums per row: Σ_j sc_j · S_j (integers: any order).
         let mut isum = [V::zero_i(); R];
@@ -397,6 +446,10 @@ unsafe fn q4k_rows<V: Lanes, const R: usize>(
             for (g, wv) in wv.iter_mut().enumerate() {
                 let raw = V::load(q.add(32 * g), gb);
                 *wv = if j % 2 == 0 { V::and(raw, mask) } else { V::and(V::srli4(raw), mask) };
+                if HIGH {
+                    // Bit j of the value's high-bit byte, as 16.
+                    *wv = V::or(*wv, V::bit_to_4(V::load(u.add(QH + 32 * g), gb), j as u32));
+                }
             }
             for (r, isum) in isum.iter_mut().enumerate() {
                 let a = qs.add(((r0 + r) * nsb + sb) * 256 + j * QK);
@@ -431,50 +484,43 @@ unsafe fn q4k_rows<V: Lanes, const R: usize>(
     }
 }
 
-/// Activation rows from which a Q6_K weight runs packed ([`PackedWeight::serves`]), for rows
-/// of at least [`Q6K_LONG_ROW`] values. Below it the ggml-layout kernel in `qmatmul` is faster:
-/// one row is bound by memory, and that layout reads 6.6 bits per weight against 10 here. From
-/// it on, the unpacking this layout does once at load (the per-row kernel redoes it for every
-/// tile of rows) wins (`benches/kernels.rs`, `Q6_K/*/m*`). Both give the same bits.
+/// Activation rows from which a Q6_K weight runs packed ([`PackedWeight::serves`]). One row
+/// takes the ggml-layout kernel in `qmatmul`: it is bound by memory, both layouts read the same
+/// bytes, and ggml's was as fast or faster (Zen 4, 2 threads, `benches/kernels.rs`, `Q6_K/*/m1`:
+/// head 151936x1536 5.5 ms on both, down 1536x8960 0.28 against 0.31 ms). From two rows the
+/// unpacking this layout does once at load (the per-row kernel redoes it for every tile of rows)
+/// wins: head 2 rows 6.7 → 5.3 ms, 4 rows 7.9 → 6.3, 8 rows 16.7 → 10.5; down 2 rows 0.64 →
+/// 0.38, 4 rows 0.98 → 0.62 (`avx512vnni`). Both give the same bits.
 pub const Q6K_PACKED_MIN_ROWS: usize = 2;
-/// Rows of fewer values (a few super-blocks each, as the 151936x1536 head) stay on ggml's layout
-/// below [`Q6K_PACKED_MIN_ROWS_SHORT`] activation rows: there the extra bytes of this layout cost
-/// more than its unpacking saves (Zen 4, 2 threads, head: 2 rows 6.8 ms against 9.6 packed, 4 rows
-/// 8.7 against 10.5, 8 rows 17.3 against 11.7; the 1536x8960 down projection: 2 rows 0.74 ms
-/// against 0.62 packed).
+/// Rows of at least this many values take the 512-bit kernel from [`wide_min_rows`]'s rows on
+/// AMD; shorter ones (a few super-blocks each, as the 151936x1536 head) stay on 256-bit
+/// registers, where they were as fast or faster: head 4 rows 6.3 ms against 10.2 on
+/// `avx512zmm`, 8 rows 10.5 against 11.1, 16 rows 18.8 against 19.1, 64 rows 70.6 against 67.0.
 pub const Q6K_LONG_ROW: usize = 4096;
-pub const Q6K_PACKED_MIN_ROWS_SHORT: usize = 6;
-
-/// Activation rows from which a Q6_K weight with rows of `k` values runs packed.
-pub fn q6k_packed_min_rows(k: usize) -> usize {
-    if k >= Q6K_LONG_ROW {
-        Q6K_PACKED_MIN_ROWS
-    } else {
-        Q6K_PACKED_MIN_ROWS_SHORT
-    }
-}
 /// Bytes of one ggml Q6_K super-block (256 values).
 const Q6K_BYTES: usize = 210;
-/// Q6_K chunk: eight columns × one 32-value block `j` of one super-block. The values `q − 32` as
-/// i8 (`[group of four values][column][4]`, 256 bytes), the scales of the block's two 16-value
-/// halves (`[half][column]`, i8), the offset correction `C` per column (i32, see
-/// [`PackedQ6K`]), then the super-block's `d` per column (f16).
-const Q6K_CHUNK: usize = 256 + 16 + 32 + 16;
-const Q6K_SC: usize = 256;
-const Q6K_CORR: usize = 272;
-const Q6K_D: usize = 304;
+/// Q6_K chunk: eight columns × one 32-value block `j` of one super-block, in ggml's bits per
+/// value. The low nibbles as Q4_1's (128 bytes: byte `4·c + i` of vector `2q` / `2q + 1`
+/// holds value `NIBBLE_AT[x] + i` of column `c` for vector `x`), then the high two bits (64
+/// bytes: bits `2y, 2y + 1` of byte `32·v + 4·c + i` belong to the value of vector `x = 4v + y`),
+/// then the scales of the block's two 16-value halves (`[half][column]`, i8).
+const Q6K_CHUNK: usize = 128 + 64 + 16;
+const Q6K_HI: usize = 128;
+const Q6K_SC: usize = 192;
+/// Q6_K unit: a super-block's eight chunks, then its `d` per column (f16): 210 bytes per column
+/// and super-block, as ggml's.
+const Q6K_UNIT: usize = 8 * Q6K_CHUNK + 16;
 
-/// A Q6_K weight `(n, k)` in an interleaved layout, for calls of several activation rows.
+/// A Q6_K weight `(n, k)` in an interleaved layout of ggml's size.
 ///
 /// It gives the bits of `qmatmul`'s kernel on ggml's layout ([`crate::qmatmul::matmul_q6k_on`]).
 /// That kernel, for a weight row and an activation row in super-blocks ([`SuperActs`]), sums each
 /// super-block exactly, `I = Σ_h sc_h · Σ (q − 32) · a` over its sixteen 16-value halves `h`,
 /// then accumulates `acc = fma(f32(I), d · d_a, acc)`, super-block after super-block. Here a lane
 /// is a column of the group. The integer dot products (`vpdpbusd`, or `maddubs` + `madd`) take
-/// unsigned × signed bytes, so they run on `a + 128` against the signed `q − 32`:
-/// `I = Σ_b (Σ_h sc_h · Σ (a + 128)(q − 32) + C_b)` with `C_b = −128 · Σ_h sc_h · Σ (q − 32)`
-/// over the halves of block `b`, stored per block and column. Chunks are ordered
-/// `[group][super-block][j]`, the loop's own order.
+/// the unsigned values `q` (0..64) against the signed activations, and the offset comes from the
+/// activations' half sums: `I = Σ_h sc_h · Σ q · a − 32 · Σ_h sc_h · Σa_h`, the same integer.
+/// Units are ordered `[group][super-block]`, the loop's own order.
 #[derive(Debug, Clone)]
 pub struct PackedQ6K {
     pub n: usize,
@@ -491,35 +537,33 @@ impl PackedQ6K {
         let nsb = k / 256;
         let groups = n.div_ceil(GROUP_COLS);
         // Columns past `n` in the last group stay zero (values, scales and d: exact zeros).
-        let mut data = vec![0u8; groups * 8 * nsb * Q6K_CHUNK];
-        for (chunk_index, chunk) in data.chunks_exact_mut(Q6K_CHUNK).enumerate() {
-            let (g, sb, j) = (chunk_index / (8 * nsb), chunk_index / 8 % nsb, chunk_index % 8);
-            let (h, t) = (j / 4, j % 4);
-            for c in 0..GROUP_COLS {
-                let col = g * GROUP_COLS + c;
-                if col >= n {
-                    break;
-                }
-                let blk = &w[(col * nsb + sb) * Q6K_BYTES..][..Q6K_BYTES];
+        let mut data = vec![0u8; groups * nsb * Q6K_UNIT];
+        for (unit_index, unit) in data.chunks_exact_mut(Q6K_UNIT).enumerate() {
+            let (g, sb) = (unit_index / nsb, unit_index % nsb);
+            for c in 0..GROUP_COLS.min(n - g * GROUP_COLS) {
+                let blk = &w[((g * GROUP_COLS + c) * nsb + sb) * Q6K_BYTES..][..Q6K_BYTES];
                 let (ql, qh, sc) = (&blk[..128], &blk[128..192], &blk[192..208]);
-                let mut corr = 0i32;
-                for half in 0..2 {
-                    let mut sum = 0i32;
-                    for l in 16 * half..16 * half + 16 {
-                        // ggml's layout: block j = 4h + t takes the low (t < 2) or high nibbles of
-                        // ql[64h + 32(t & 1) + l] and bits 2t..2t+2 of qh[32h + l].
-                        let low = ql[64 * h + 32 * (t & 1) + l];
-                        let low = if t < 2 { low & 0x0f } else { low >> 4 };
-                        let high = (qh[32 * h + l] >> (2 * t)) & 3;
-                        let q = (low | (high << 4)) as i32 - 32;
-                        chunk[32 * (l / 4) + 4 * c + l % 4] = q as i8 as u8;
-                        sum += q;
+                // ggml's layout: block j = 4h + t takes the low (t < 2) or high nibbles of
+                // ql[64h + 32(t & 1) + l] and bits 2t..2t+2 of qh[32h + l], for value l.
+                let value = |j: usize, l: usize| -> u8 {
+                    let (h, t) = (j / 4, j % 4);
+                    let low = ql[64 * h + 32 * (t & 1) + l];
+                    let low = if t < 2 { low & 0x0f } else { low >> 4 };
+                    low | (((qh[32 * h + l] >> (2 * t)) & 3) << 4)
+                };
+                for j in 0..8 {
+                    let chunk = &mut unit[j * Q6K_CHUNK..(j + 1) * Q6K_CHUNK];
+                    for (x, &at) in NIBBLE_AT.iter().enumerate() {
+                        for i in 0..4 {
+                            let q = value(j, at + i);
+                            chunk[32 * (x / 2) + 4 * c + i] |= (q & 0x0f) << (4 * (x % 2));
+                            chunk[Q6K_HI + 32 * (x / 4) + 4 * c + i] |= (q >> 4) << (2 * (x % 4));
+                        }
                     }
-                    chunk[Q6K_SC + 8 * half + c] = sc[2 * j + half];
-                    corr += sc[2 * j + half] as i8 as i32 * sum;
+                    chunk[Q6K_SC + c] = sc[2 * j];
+                    chunk[Q6K_SC + 8 + c] = sc[2 * j + 1];
                 }
-                chunk[Q6K_CORR + 4 * c..Q6K_CORR + 4 * c + 4].copy_from_slice(&(-128 * corr).to_le_bytes());
-                chunk[Q6K_D + 2 * c..Q6K_D + 2 * c + 2].copy_from_slice(&blk[208..210]);
+                unit[8 * Q6K_CHUNK + 2 * c..8 * Q6K_CHUNK + 2 * c + 2].copy_from_slice(&blk[208..210]);
             }
         }
         Ok(Self { n, k, data })
@@ -534,21 +578,19 @@ impl PackedQ6K {
     /// [`Self::matmul_quantized_on`]'s work, to run alone or in a fused product.
     pub(crate) fn work<'a>(&'a self, path: SimdPath, acts: &'a SuperActs, out: &'a mut [f32]) -> Result<Work<'a>> {
         check_super_call(self.n, self.k, path, acts, out)?;
-        // The activations as unsigned bytes a + 128, for the u8 × i8 products.
-        let au: Vec<u8> = if path == SimdPath::Scalar { Vec::new() } else { acts.qs.iter().map(|&q| q as u8 ^ 0x80).collect() };
         let (n, nsb) = (self.n, self.k / 256);
-        let gb = 8 * nsb * Q6K_CHUNK;
+        let gb = nsb * Q6K_UNIT;
         Ok(group_work(n, &self.data, gb, out, groups_per_call(path), move |p, o, cols, groups| {
-            // SAFETY: `p` is the call's `groups` groups of 8 · nsb chunks, `o` its first output column.
+            // SAFETY: `p` is the call's `groups` groups of nsb units, `o` its first output column.
             unsafe {
                 match path {
                     SimdPath::Scalar => scalar_group_q6k(p, nsb, acts, o, n, cols),
                     #[cfg(target_arch = "x86_64")]
-                    SimdPath::Avx2 => avx2::q6k(p, gb, nsb, &au, acts, o, n, cols),
+                    SimdPath::Avx2 => avx2::q6k(p, gb, nsb, acts, o, n, cols),
                     #[cfg(target_arch = "x86_64")]
-                    SimdPath::Avx512Zmm if groups == 2 => zmm::q6k(p, gb, nsb, &au, acts, o, n, cols),
+                    SimdPath::Avx512Zmm if groups == 2 => zmm::q6k(p, gb, nsb, acts, o, n, cols),
                     #[cfg(target_arch = "x86_64")]
-                    SimdPath::Avx512Vnni | SimdPath::Avx512Zmm => vnni::q6k(p, gb, nsb, &au, acts, o, n, cols),
+                    SimdPath::Avx512Vnni | SimdPath::Avx512Zmm => vnni::q6k(p, gb, nsb, acts, o, n, cols),
                     #[cfg(not(target_arch = "x86_64"))]
                     _ => unreachable!("checked by is_available"),
                 }
@@ -558,28 +600,32 @@ impl PackedQ6K {
 }
 
 /// The reference arithmetic on the packed layout, one column and one row at a time, with the
-/// signed activations directly (no `a + 128`, no correction `C`).
+/// signed values `q − 32` directly (no half sums).
 ///
 /// # Safety
-/// `p` points at the `8 · nsb` chunks of one group; `out` at its first column of an `(m, n)` output.
+/// `p` points at the `nsb` units of one group; `out` at its first column of an `(m, n)` output.
 unsafe fn scalar_group_q6k(p: *const u8, nsb: usize, acts: &SuperActs, out: *mut f32, n: usize, cols: usize) {
-    let chunks = std::slice::from_raw_parts(p, 8 * nsb * Q6K_CHUNK);
+    let units = std::slice::from_raw_parts(p, nsb * Q6K_UNIT);
     for r in 0..acts.m {
         for c in 0..cols {
             let mut acc = 0f32;
-            for sb in 0..nsb {
+            for (sb, u) in units.chunks_exact(Q6K_UNIT).enumerate() {
                 let b = r * nsb + sb;
                 let mut isum = 0i32;
                 for j in 0..8 {
-                    let ch = &chunks[(sb * 8 + j) * Q6K_CHUNK..][..Q6K_CHUNK];
+                    let ch = &u[j * Q6K_CHUNK..(j + 1) * Q6K_CHUNK];
                     let a = &acts.qs[b * 256 + j * QK..][..QK];
-                    for h in 0..2 {
-                        let s: i32 = (16 * h..16 * h + 16).map(|l| ch[32 * (l / 4) + 4 * c + l % 4] as i8 as i32 * a[l] as i32).sum();
-                        isum += s * ch[Q6K_SC + 8 * h + c] as i8 as i32;
+                    for (x, &at) in NIBBLE_AT.iter().enumerate() {
+                        for i in 0..4 {
+                            let low = (ch[32 * (x / 2) + 4 * c + i] >> (4 * (x % 2))) & 0x0f;
+                            let high = (ch[Q6K_HI + 32 * (x / 4) + 4 * c + i] >> (2 * (x % 4))) & 3;
+                            let l = at + i;
+                            let sc = ch[Q6K_SC + 8 * (l / 16) + c] as i8 as i32;
+                            isum += sc * ((low | (high << 4)) as i32 - 32) * a[l] as i32;
+                        }
                     }
                 }
-                let ch = &chunks[sb * 8 * Q6K_CHUNK..];
-                let d = f16::from_le_bytes([ch[Q6K_D + 2 * c], ch[Q6K_D + 2 * c + 1]]).to_f32();
+                let d = f16::from_le_bytes([u[8 * Q6K_CHUNK + 2 * c], u[8 * Q6K_CHUNK + 2 * c + 1]]).to_f32();
                 acc = (isum as f32).mul_add(d * acts.d[b], acc);
             }
             *out.add(r * n + c) = acc;
@@ -587,8 +633,8 @@ unsafe fn scalar_group_q6k(p: *const u8, nsb: usize, acts: &SuperActs, out: *mut
     }
 }
 
-/// Q6_K, rows `r0..r0 + R` against the call's groups' chunks (`gb`: one group's bytes), in `V`'s
-/// lanes; `au` holds the activations plus 128.
+/// Q6_K, rows `r0..r0 + R` against the call's groups' units (`gb`: one group's bytes), in `V`'s
+/// lanes.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -596,7 +642,6 @@ unsafe fn q6k_rows<V: Lanes, const R: usize>(
     p: *const u8,
     gb: usize,
     nsb: usize,
-    au: &[u8],
     acts: &SuperActs,
     out: *mut f32,
     n: usize,
@@ -604,30 +649,47 @@ unsafe fn q6k_rows<V: Lanes, const R: usize>(
     r0: usize,
 ) {
     let mut acc = [V::zero_f(); R];
+    let mask = V::splat_i8(0x0f);
+    let (qs, hs) = (acts.qs.as_ptr() as *const u8, acts.hs.as_ptr() as *const u8);
     for sb in 0..nsb {
-        // The super-block's integer sums per row (exact: any order).
-        let mut isum = [V::zero_i(); R];
+        let u = p.add(sb * Q6K_UNIT);
+        // The super-block's integer sums per row, `Σ_h sc_h · Σ q · a` and `Σ_h sc_h · Σa_h`
+        // (exact: any order).
+        let (mut isum, mut offset) = ([V::zero_i(); R], [V::zero_i(); R]);
         for j in 0..8 {
-            let ch = p.add((sb * 8 + j) * Q6K_CHUNK);
+            let ch = u.add(j * Q6K_CHUNK);
             if acts.m >= PREFETCH_MIN_ROWS {
                 prefetch_groups::<V>(ch, gb, Q6K_CHUNK);
             }
+            // The block's values for the call's columns, unpacked once for all rows.
             let mut w = [V::zero_i(); 8];
-            for (g, w) in w.iter_mut().enumerate() {
-                *w = V::load(ch.add(32 * g), gb);
+            let high = [V::load(ch.add(Q6K_HI), gb), V::load(ch.add(Q6K_HI + 32), gb)];
+            for q in 0..4 {
+                let raw = V::load(ch.add(32 * q), gb);
+                w[2 * q] = V::or(V::and(raw, mask), V::bits2_to_4(high[q / 2], (2 * q % 4) as u32));
+                w[2 * q + 1] = V::or(V::and(V::srli4(raw), mask), V::bits2_to_4(high[q / 2], ((2 * q + 1) % 4) as u32));
             }
-            let (sc0, sc1) = (V::q6k_scales(V::load_i8(ch.add(Q6K_SC), gb)), V::q6k_scales(V::load_i8(ch.add(Q6K_SC + 8), gb)));
-            let corr = V::load(ch.add(Q6K_CORR), gb);
-            for (r, isum) in isum.iter_mut().enumerate() {
-                let a = au.as_ptr().add(((r0 + r) * nsb + sb) * 256 + j * QK);
-                let s = V::add_i(V::q6k_half(&w[..4], a, sc0), V::q6k_half(&w[4..], a.add(16), sc1));
-                *isum = V::add_i(*isum, V::add_i(s, corr));
+            // Vectors 0, 2, 4, 6 hold values 0..16 (the first half), 1, 3, 5, 7 values 16..32.
+            let (w0, w1) = ([w[0], w[2], w[4], w[6]], [w[1], w[3], w[5], w[7]]);
+            let (sc0, sc1) = (V::load_i8(ch.add(Q6K_SC), gb), V::load_i8(ch.add(Q6K_SC + 8), gb));
+            let (sh0, sh1) = (V::q6k_scales(sc0), V::q6k_scales(sc1));
+            // The two halves' scales as an i16 pair per lane, for the half sums' `madd`.
+            let pair = V::or(V::and(sc0, V::splat_i32(0xffff)), V::slli16_i32(sc1));
+            for r in 0..R {
+                let b = (r0 + r) * nsb + sb;
+                let a = qs.add(b * 256 + j * QK);
+                let s = V::add_i(V::q6k_half(&w0, a, sh0), V::q6k_half(&w1, a.add(16), sh1));
+                isum[r] = V::add_i(isum[r], s);
+                offset[r] = V::add_i(offset[r], V::madd16(pair, V::bcast4(hs.add(2 * (16 * b + 2 * j)))));
             }
         }
-        let d = V::load_f16(p.add(sb * 8 * Q6K_CHUNK + Q6K_D), gb);
+        let d = V::load_f16(u.add(8 * Q6K_CHUNK), gb);
+        let minus32 = V::splat_i32(-32);
         for (r, acc) in acc.iter_mut().enumerate() {
-            let da = V::splat_f(*acts.d.get_unchecked((r0 + r) * nsb + sb));
-            *acc = V::fmadd(V::cvt(isum[r]), V::mul(d, da), *acc);
+            let b = (r0 + r) * nsb + sb;
+            let isum = V::add_i(isum[r], V::mullo(offset[r], minus32));
+            let da = V::splat_f(*acts.d.get_unchecked(b));
+            *acc = V::fmadd(V::cvt(isum), V::mul(d, da), *acc);
         }
     }
     for (r, acc) in acc.iter().enumerate() {
@@ -874,6 +936,11 @@ unsafe fn scalar_group_blocks(format: BlockFormat, p: *const u8, nb: usize, acts
     }
 }
 
+/// [`q4k_rows`]'s two types, as const parameters.
+#[cfg(target_arch = "x86_64")]
+const Q4K: bool = false;
+#[cfg(target_arch = "x86_64")]
+const Q5K: bool = true;
 /// [`blocks_rows`]'s formats, as const parameters (indices into [`FORMATS`]).
 #[cfg(target_arch = "x86_64")]
 const F_Q41: u8 = 0;
@@ -997,7 +1064,7 @@ macro_rules! path_kernels {
 
             #[target_feature(enable = $features)]
             #[allow(clippy::too_many_arguments)]
-            unsafe fn q4k_tile<const R: usize>(
+            unsafe fn q4k_tile<const R: usize, const HIGH: bool>(
                 p: *const u8,
                 gb: usize,
                 nsb: usize,
@@ -1007,7 +1074,7 @@ macro_rules! path_kernels {
                 cols: usize,
                 r0: usize,
             ) {
-                q4k_rows::<$lanes, R>(p, gb, nsb, acts, out, n, cols, r0)
+                q4k_rows::<$lanes, R, HIGH>(p, gb, nsb, acts, out, n, cols, r0)
             }
 
             #[target_feature(enable = $features)]
@@ -1016,14 +1083,13 @@ macro_rules! path_kernels {
                 p: *const u8,
                 gb: usize,
                 nsb: usize,
-                au: &[u8],
                 acts: &SuperActs,
                 out: *mut f32,
                 n: usize,
                 cols: usize,
                 r0: usize,
             ) {
-                q6k_rows::<$lanes, R>(p, gb, nsb, au, acts, out, n, cols, r0)
+                q6k_rows::<$lanes, R>(p, gb, nsb, acts, out, n, cols, r0)
             }
 
             #[target_feature(enable = $features)]
@@ -1042,23 +1108,27 @@ macro_rules! path_kernels {
             }
 
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn q4k(p: *const u8, gb: usize, nsb: usize, acts: &SuperActs, out: *mut f32, n: usize, cols: usize) {
-                row_tiles!(MAX_R, acts.m, q4k_tile(p, gb, nsb, acts, out, n, cols))
-            }
-
-            #[target_feature(enable = $features)]
             #[allow(clippy::too_many_arguments)]
-            pub(super) unsafe fn q6k(
+            pub(super) unsafe fn q4k(
                 p: *const u8,
                 gb: usize,
                 nsb: usize,
-                au: &[u8],
+                high_bits: bool,
                 acts: &SuperActs,
                 out: *mut f32,
                 n: usize,
                 cols: usize,
             ) {
-                row_tiles!(MAX_R, acts.m, q6k_tile(p, gb, nsb, au, acts, out, n, cols))
+                if high_bits {
+                    row_tiles!(MAX_R, acts.m, q4k_tile::<Q5K>(p, gb, nsb, acts, out, n, cols))
+                } else {
+                    row_tiles!(MAX_R, acts.m, q4k_tile::<Q4K>(p, gb, nsb, acts, out, n, cols))
+                }
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q6k(p: *const u8, gb: usize, nsb: usize, acts: &SuperActs, out: *mut f32, n: usize, cols: usize) {
+                row_tiles!(MAX_R, acts.m, q6k_tile(p, gb, nsb, acts, out, n, cols))
             }
 
             #[target_feature(enable = $features)]

@@ -1,8 +1,8 @@
 //! Quantized matrix products `y = x · Wᵀ` for ggml-quantized weights (Q4_0, Q4_1, Q5_0, Q5_1,
-//! Q8_0, Q4_K, Q6_K), written so that every output row is computed by one fixed sequence of
-//! operations, whatever the number of rows in the call: a token verified inside a block gets the
-//! bits it gets decoded alone. Q4_K, Q4_0, Q5_0 and Q5_1 run in interleaved layouts of their own
-//! ([`crate::packed`]); the others here too.
+//! Q8_0, Q4_K, Q5_K, Q6_K), written so that every output row is computed by one fixed sequence
+//! of operations, whatever the number of rows in the call: a token verified inside a block gets
+//! the bits it gets decoded alone. Q4_K, Q5_K, Q4_0, Q5_0 and Q5_1 run in interleaved layouts of
+//! their own ([`crate::packed`]); the others here too.
 //!
 //! As in llama.cpp, the activations are quantized to 8 bits (scale `d = max|x| / 127`, values
 //! `round(x / d)` ties to even): for Q4_1 and Q8_0 per block of 32 values ([`QuantizedActs`];
@@ -67,20 +67,32 @@ pub enum WeightType {
     /// 256 values: f16 `d`, f16 `dmin`, 12 bytes of eight 6-bit scales and minimums (one pair
     /// per 32 values), 128 bytes of 4-bit values (`w = d·sc·q − dmin·m`).
     Q4K,
+    /// 256 values: Q4_K's `d`, `dmin` and scales, 32 bytes of high bits (bit `j` of byte `l`:
+    /// value `l` of sub-block `j`), 128 bytes of low 4 bits as Q4_K's (`w = d·sc·q − dmin·m`,
+    /// `q` in 0..32).
+    Q5K,
     /// 256 values: 128 bytes of low 4 bits, 64 bytes of high 2 bits, sixteen i8 scales (one per
     /// 16 values), f16 `d` (`w = d·sc·(q − 32)`).
     Q6K,
 }
 
 impl WeightType {
-    pub const ALL: [WeightType; 7] =
-        [WeightType::Q4_1, WeightType::Q8_0, WeightType::Q5_0, WeightType::Q4_0, WeightType::Q5_1, WeightType::Q4K, WeightType::Q6K];
+    pub const ALL: [WeightType; 8] = [
+        WeightType::Q4_1,
+        WeightType::Q8_0,
+        WeightType::Q5_0,
+        WeightType::Q4_0,
+        WeightType::Q5_1,
+        WeightType::Q4K,
+        WeightType::Q5K,
+        WeightType::Q6K,
+    ];
 
     /// Values per ggml block (32, or 256 for the K types; `k` must be a multiple).
     pub fn block_values(self) -> usize {
         match self {
             Self::Q4_1 | Self::Q8_0 | Self::Q5_0 | Self::Q4_0 | Self::Q5_1 => QK,
-            Self::Q4K | Self::Q6K => 256,
+            Self::Q4K | Self::Q5K | Self::Q6K => 256,
         }
     }
 
@@ -93,6 +105,7 @@ impl WeightType {
             Self::Q4_0 => 18,
             Self::Q5_1 => 24,
             Self::Q4K => 144,
+            Self::Q5K => 176,
             Self::Q6K => 210,
         }
     }
@@ -105,6 +118,7 @@ impl WeightType {
             GgmlDType::Q4_0 => Some(Self::Q4_0),
             GgmlDType::Q5_1 => Some(Self::Q5_1),
             GgmlDType::Q4K => Some(Self::Q4K),
+            GgmlDType::Q5K => Some(Self::Q5K),
             GgmlDType::Q6K => Some(Self::Q6K),
             _ => None,
         }
@@ -118,6 +132,7 @@ impl WeightType {
             Self::Q4_0 => GgmlDType::Q4_0,
             Self::Q5_1 => GgmlDType::Q5_1,
             Self::Q4K => GgmlDType::Q4K,
+            Self::Q5K => GgmlDType::Q5K,
             Self::Q6K => GgmlDType::Q6K,
         }
     }
@@ -130,6 +145,7 @@ impl WeightType {
             Self::Q4_0 => "Q4_0",
             Self::Q5_1 => "Q5_1",
             Self::Q4K => "Q4_K",
+            Self::Q5K => "Q5_K",
             Self::Q6K => "Q6_K",
         }
     }
@@ -518,14 +534,16 @@ pub fn matmul_on(path: SimdPath, wt: WeightType, w: &[u8], n: usize, k: usize, x
     if !wt.fits(k) {
         candle_core::bail!("quantized matmul: k = {k} is not a multiple of {} ({})", wt.block_values(), wt.name());
     }
-    if matches!(wt, WeightType::Q4K | WeightType::Q6K) {
+    if matches!(wt, WeightType::Q4K | WeightType::Q5K | WeightType::Q6K) {
         if x.len() != m * k {
             candle_core::bail!("quantized matmul: {} input values for {m} rows of {k}", x.len());
         }
         let acts = SuperActs::quantize(x, m, k);
-        // Q4_K runs in its interleaved layout (models repack once at load, see [`qmatmul_packed`]).
+        // Q4_K and Q5_K run in their interleaved layout (models repack once at load, see
+        // [`qmatmul_packed`]).
         return match wt {
             WeightType::Q4K => crate::packed::PackedQ4K::new(w, n, k)?.matmul_quantized_on(path, &acts, out),
+            WeightType::Q5K => crate::packed::PackedQ4K::new_q5k(w, n, k)?.matmul_quantized_on(path, &acts, out),
             _ => matmul_q6k_on(path, w, n, k, &acts, out),
         };
     }
@@ -586,7 +604,7 @@ fn quantized_work<'a>(
     acts: &'a QuantizedActs,
     out: &'a mut [f32],
 ) -> Result<Work<'a>> {
-    if matches!(wt, WeightType::Q4K | WeightType::Q6K) {
+    if matches!(wt, WeightType::Q4K | WeightType::Q5K | WeightType::Q6K) {
         candle_core::bail!("quantized matmul: {} takes activations in super-blocks (SuperActs)", wt.name());
     }
     if wt.runs_packed_only() {
@@ -899,7 +917,7 @@ mod scalar {
                 (dot(&mut blk[2..34].iter().map(|&q| q as i8 as i32), a), f16_at(blk.as_ptr()), 0.0)
             }
             WeightType::Q5_0 | WeightType::Q4_0 | WeightType::Q5_1 => unreachable!("runs packed"),
-            WeightType::Q4K | WeightType::Q6K => unreachable!("the K types take super-blocks (SuperActs)"),
+            WeightType::Q4K | WeightType::Q5K | WeightType::Q6K => unreachable!("the K types take super-blocks (SuperActs)"),
         }
     }
 
@@ -975,7 +993,7 @@ mod scalar {
                     WeightType::Q4_1 => hsum8(acc) + hsum8(mins),
                     WeightType::Q8_0 => hsum8(acc),
                     WeightType::Q5_0 | WeightType::Q4_0 | WeightType::Q5_1 => unreachable!("runs packed"),
-                    WeightType::Q4K | WeightType::Q6K => unreachable!("the K types take super-blocks"),
+                    WeightType::Q4K | WeightType::Q5K | WeightType::Q6K => unreachable!("the K types take super-blocks"),
                 };
                 *out.add(r * n + c) = y;
             }
@@ -1310,7 +1328,7 @@ macro_rules! x86_path {
                             WeightType::Q4_1 => rows!(q4_1, w, nb, acts, out, n, r0, rows),
                             WeightType::Q8_0 => rows!(q8_0, w, nb, acts, out, n, r0, rows),
                             WeightType::Q5_0 | WeightType::Q4_0 | WeightType::Q5_1 => unreachable!("runs packed"),
-                            WeightType::Q4K | WeightType::Q6K => unreachable!("the K types take super-blocks"),
+                            WeightType::Q4K | WeightType::Q5K | WeightType::Q6K => unreachable!("the K types take super-blocks"),
                         }
                         r0 += rows;
                     }
@@ -1415,10 +1433,10 @@ mod tests {
                     w.extend_from_slice(&f16_bytes(-0.1 * g.next().abs()));
                     (0..20).for_each(|_| w.push(g.byte()));
                 }
-                WeightType::Q4K => {
+                WeightType::Q4K | WeightType::Q5K => {
                     w.extend_from_slice(&f16_bytes(0.001 + 0.002 * g.next().abs()));
                     w.extend_from_slice(&f16_bytes(0.001 + 0.002 * g.next().abs()));
-                    (0..140).for_each(|_| w.push(g.byte()));
+                    (0..wt.block_bytes() - 4).for_each(|_| w.push(g.byte()));
                 }
                 WeightType::Q6K => {
                     (0..208).for_each(|_| w.push(g.byte()));
@@ -1530,7 +1548,7 @@ mod tests {
                         blk[2..4].copy_from_slice(&zero);
                     }
                     WeightType::Q8_0 | WeightType::Q5_0 | WeightType::Q4_0 => blk[..2].copy_from_slice(&one),
-                    WeightType::Q4K => {
+                    WeightType::Q4K | WeightType::Q5K => {
                         blk[..2].copy_from_slice(&one);
                         blk[2..4].copy_from_slice(&zero);
                     }
@@ -1659,6 +1677,7 @@ mod tests {
                 (WeightType::Q5_0, 21),
                 (WeightType::Q4_0, 9),
                 (WeightType::Q5_1, 17),
+                (WeightType::Q5K, 11),
                 (WeightType::Q6K, 10),
             ]
             .into_iter()
@@ -1779,7 +1798,7 @@ mod tests {
             eprintln!("{wt:?}: |ours - dense| {d_ours:.4}, |candle - dense| {d_theirs:.4}");
             assert!(d_ours < 1.0 && d_ours <= d_theirs * 1.5 + 1e-3, "{wt:?}: ours {d_ours}, candle {d_theirs}");
         }
-        let q5 = QTensor::quantize(&Tensor::zeros((16, 256), DType::F32, &dev).unwrap(), GgmlDType::Q5K).unwrap();
-        assert!(!covers(&q5) && qmatmul(&q5, &Tensor::zeros((1, 256), DType::F32, &dev).unwrap()).unwrap().is_none());
+        let q3 = QTensor::quantize(&Tensor::zeros((16, 256), DType::F32, &dev).unwrap(), GgmlDType::Q3K).unwrap();
+        assert!(!covers(&q3) && qmatmul(&q3, &Tensor::zeros((1, 256), DType::F32, &dev).unwrap()).unwrap().is_none());
     }
 }

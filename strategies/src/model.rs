@@ -143,4 +143,16 @@ pub trait DecoderModel {
     fn reorder_cache(&mut self, rows: &[usize]) -> Result<()>;
     /// Empties the cache.
     fn clear_cache(&mut self);
+
+    /// Limits the logits [`forward`](DecoderModel::forward) returns to the first `n` token ids
+    /// (`None`: the whole vocabulary, the default). A draft model searches only there: with a
+    /// byte-level BPE vocabulary, whose ids follow the merge order, the first ids are the most
+    /// frequent tokens, and a large vocabulary's projection is a large part of a small model's
+    /// step (FR-Spec, Zhao et al. 2025). [`lm_head`](DecoderModel::lm_head) stays whole.
+    fn set_logit_vocab(&mut self, n: Option<usize>) -> Result<()> {
+        match n {
+            None => Ok(()),
+            Some(_) => candle_core::bail!("model {} cannot limit its logits to part of its vocabulary", self.info().name),
+        }
+    }
 }

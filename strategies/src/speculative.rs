@@ -43,6 +43,10 @@ pub struct SpeculativeConfig {
     /// `p_min`); None drafts all γ tokens.
     pub p_min: Option<f64>,
     pub acceptance: SpecAcceptance,
+    /// Draft only among the first this many token ids ([`DecoderModel::set_logit_vocab`]): a
+    /// cheaper draft step, and drafts outside it are never proposed. Greedy acceptance only
+    /// (rejection sampling would need the draft's distribution over every id).
+    pub draft_vocab: Option<usize>,
 }
 
 impl SpeculativeConfig {
@@ -54,6 +58,13 @@ impl SpeculativeConfig {
             if !(0.0..=1.0).contains(&p) {
                 return Err(format!("--p-min must be in [0, 1], got {p}"));
             }
+        }
+        match self.draft_vocab {
+            Some(0) => return Err("--draft-vocab must be at least 1".into()),
+            Some(_) if self.acceptance == SpecAcceptance::Rejection => {
+                return Err("--draft-vocab needs greedy acceptance (rejection sampling needs the draft's whole distribution)".into())
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -74,6 +85,23 @@ pub fn generate(
     on_token: &mut dyn FnMut(u32),
 ) -> Result<Generation> {
     config.validate().map_err(candle_core::Error::Msg)?;
+    draft.set_logit_vocab(config.draft_vocab)?;
+    let generation = generate_limited(target, draft, prompt, stop, config, sampler, on_token);
+    // The draft may serve other configurations next: whole again, whatever happened.
+    draft.set_logit_vocab(None)?;
+    generation
+}
+
+/// [`generate`], the draft's logits limited as the config says.
+fn generate_limited(
+    target: &mut dyn DecoderModel,
+    draft: &mut dyn DecoderModel,
+    prompt: &[u32],
+    stop: &StopConfig,
+    config: &SpeculativeConfig,
+    sampler: &mut Sampler,
+    on_token: &mut dyn FnMut(u32),
+) -> Result<Generation> {
     if config.acceptance == SpecAcceptance::Greedy && !sampler.config().is_greedy() {
         candle_core::bail!("greedy acceptance needs temperature 0; use rejection sampling to sample");
     }

@@ -18,7 +18,7 @@ fn stop(max_new_tokens: usize) -> StopConfig {
 }
 
 fn config(gamma: usize, schedule: GammaSchedule, p_min: Option<f64>, acceptance: SpecAcceptance) -> SpeculativeConfig {
-    SpeculativeConfig { gamma, schedule, p_min, acceptance }
+    SpeculativeConfig { gamma, schedule, p_min, acceptance, draft_vocab: None }
 }
 
 /// A draft that agrees with the target's arg-max most of the time: the target's logits plus

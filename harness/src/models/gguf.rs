@@ -39,7 +39,7 @@ pub struct GgufFile {
     /// (from, to, tensors) converted by the last load.
     converted: Vec<(GgmlDType, GgmlDType, usize)>,
     /// Weights repacked for the project's kernels by the last load: (type, count), per type.
-    packed: [(GgmlDType, usize); 7],
+    packed: [(GgmlDType, usize); 8],
     /// Convert weights at load ([`Self::set_convert`]).
     convert: bool,
     /// Dequantize every weight to f32 at load ([`Self::load_transformer_dequantized`]).
@@ -360,7 +360,7 @@ pub fn ggml_name(dtype: GgmlDType) -> String {
 }
 
 /// The types the project's kernels repack at load, none counted yet.
-const NO_PACKED: [(GgmlDType, usize); 7] = [
+const NO_PACKED: [(GgmlDType, usize); 8] = [
     (GgmlDType::Q4_1, 0),
     (GgmlDType::Q8_0, 0),
     (GgmlDType::Q5_0, 0),
@@ -368,15 +368,16 @@ const NO_PACKED: [(GgmlDType, usize); 7] = [
     (GgmlDType::Q6K, 0),
     (GgmlDType::Q4_0, 0),
     (GgmlDType::Q5_1, 0),
+    (GgmlDType::Q5K, 0),
 ];
 
 fn packing_text(dtype: GgmlDType, n: usize) -> String {
     let plural = if n == 1 { "" } else { "s" };
     match dtype {
         GgmlDType::Q6K => {
-            use decodebench_kernels::packed::{Q6K_LONG_ROW, Q6K_PACKED_MIN_ROWS, Q6K_PACKED_MIN_ROWS_SHORT};
+            use decodebench_kernels::packed::Q6K_PACKED_MIN_ROWS;
             format!(
-                "Q6_K → 8-row interleaved copy for blocks of {Q6K_PACKED_MIN_ROWS}+ rows ({Q6K_PACKED_MIN_ROWS_SHORT}+ for rows under {Q6K_LONG_ROW} values) (exact: the bits of the ggml layout, which fewer rows read), {n} tensor{plural}"
+                "Q6_K → 8-row interleaved copy of ggml's size for blocks of {Q6K_PACKED_MIN_ROWS}+ rows (exact: the bits of the ggml layout, which one row reads), {n} tensor{plural}"
             )
         }
         _ => format!("{} → 8-row interleaved layout for the project's kernels (exact), {n} tensor{plural}", ggml_name(dtype)),

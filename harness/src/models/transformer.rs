@@ -44,12 +44,12 @@ pub struct TransformerConfig {
 pub struct Linear {
     pub weight: QMatMul,
     pub bias: Option<Tensor>,
-    /// A Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K or Q6_K weight repacked for the project's kernels (when they are on at load).
+    /// A Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K or Q6_K weight repacked for the project's kernels (when they are on at load).
     packed: Option<Arc<PackedWeight>>,
 }
 
 impl Linear {
-    /// Repacks a Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K or Q6_K weight for the project's kernels when they are on
+    /// Repacks a Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K or Q6_K weight for the project's kernels when they are on
     /// ([`own_kernels_default`]); the repacking is exact (see `decodebench_kernels::packed`).
     /// A Q6_K weight keeps its ggml layout too, which calls of one row read.
     pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Result<Self> {
@@ -63,7 +63,31 @@ impl Linear {
         Ok(Self { weight, bias, packed })
     }
 
-    /// Whether the weight was repacked at load (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K, for the project's kernels).
+    /// The first `n` rows (output features) of the weight, as a weight of its own (repacked
+    /// as [`Self::new`] does). A ggml-quantized weight's rows are whole blocks, so they are a
+    /// prefix of its bytes.
+    pub fn first_rows(&self, n: usize) -> Result<Self> {
+        let weight = match &self.weight {
+            QMatMul::QTensor(t) => {
+                let &[rows, k] = t.shape().dims() else { candle_core::bail!("weight of shape {:?} is not a matrix", t.shape()) };
+                let dtype = t.dtype();
+                if n > rows || !k.is_multiple_of(dtype.block_size()) {
+                    candle_core::bail!("first {n} rows of a ({rows}, {k}) {dtype:?} weight");
+                }
+                let bytes = n * k / dtype.block_size() * dtype.type_size();
+                let data = t.data()?;
+                let storage =
+                    candle_core::quantized::QStorage::from_data(std::borrow::Cow::Owned(data[..bytes].to_vec()), &t.device(), dtype)?;
+                QMatMul::QTensor(Arc::new(candle_core::quantized::QTensor::new(storage, (n, k))?))
+            }
+            QMatMul::Tensor(t) => QMatMul::Tensor(t.narrow(0, 0, n)?.contiguous()?),
+            QMatMul::TensorF16(t) => QMatMul::TensorF16(t.narrow(0, 0, n)?.contiguous()?),
+        };
+        let bias = self.bias.as_ref().map(|b| b.narrow(0, 0, n)).transpose()?;
+        Self::new(weight, bias)
+    }
+
+    /// Whether the weight was repacked at load (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, for the project's kernels).
     pub fn is_packed(&self) -> bool {
         self.packed.is_some()
     }
@@ -74,7 +98,7 @@ impl Linear {
         self.forward_with(x, own_kernels_default(), exact_rows)
     }
 
-    /// `own_kernels`: weights that `decodebench_kernels::qmatmul` covers (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
+    /// `own_kernels`: weights that `decodebench_kernels::qmatmul` covers (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K,
     /// Q6_K on the CPU) run there, whose rows never depend on the block (so `exact_rows` costs
     /// nothing). Exception: a block that need not be row-exact (a prompt) of more than
     /// [`CANDLE_BATCH_ROWS`] rows of a Q6_K weight takes candle's repacked tile kernel, faster
@@ -184,7 +208,7 @@ impl Linear {
 
     /// Whether [`Self::forward`] gives each row the same bits as a one-row call would, in
     /// batched (not row-exact) mode too: with the project's kernels on, true for the types they
-    /// cover and always run (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K; a long Q6_K block goes to candle's tile kernel, see
+    /// cover and always run (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K; a long Q6_K block goes to candle's tile kernel, see
     /// [`Self::forward_with`]); with them off, true for the quantized types whose candle kernel
     /// does per-row integer dot products.
     pub fn rows_are_independent(&self) -> bool {
@@ -315,6 +339,12 @@ pub struct Transformer {
     row_exact: bool,
     /// The project's quantized matmul kernels (see [`Linear::forward_with`]); on by default.
     own_kernels: bool,
+    /// The vocabulary projection cut to the first ids ([`DecoderModel::set_logit_vocab`]),
+    /// kept when the limit is lifted: strategies set it per generation, and cutting costs a
+    /// copy and a repack of the head.
+    limited_head: Option<(usize, Linear)>,
+    /// Whether the forward's logits are limited to [`Self::limited_head`]'s ids.
+    logits_limited: bool,
 }
 
 impl Transformer {
@@ -348,6 +378,8 @@ impl Transformer {
             cache: (0..cfg.n_layers).map(|_| KvCache::new(2)).collect(),
             row_exact: true,
             own_kernels: own_kernels_default(),
+            limited_head: None,
+            logits_limited: false,
             cfg,
             w,
             dtype,
@@ -485,8 +517,24 @@ impl DecoderModel for Transformer {
             LogitRows::Last => x.narrow(1, n - 1, 1)?.contiguous()?,
         };
         let hidden = self.w.final_norm.forward(&x)?;
-        let logits = self.lm_head(&hidden)?;
+        let logits = match &self.limited_head {
+            Some((_, head)) if self.logits_limited => head.forward_with(&hidden, self.uses_own_kernels(), true)?.to_dtype(DType::F32)?,
+            _ => self.lm_head(&hidden)?,
+        };
         Ok(ForwardOutput { logits, hidden })
+    }
+
+    fn set_logit_vocab(&mut self, n: Option<usize>) -> Result<()> {
+        let n = n.filter(|&n| n < self.info.vocab_size);
+        match n {
+            Some(0) => candle_core::bail!("{}: logits limited to 0 token ids", self.info.name),
+            Some(n) if self.limited_head.as_ref().is_none_or(|(m, _)| *m != n) => {
+                self.limited_head = Some((n, self.w.lm_head.first_rows(n)?));
+            }
+            _ => {}
+        }
+        self.logits_limited = n.is_some();
+        Ok(())
     }
 
     fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
