@@ -651,6 +651,9 @@ fn verify(args: &VerifyArgs) -> Result<()> {
         }
         configs.push(("speculative γ=4 heuristic".into(), flags(&[("--gamma", "4".into()), ("--gamma-schedule", "heuristic".into())])));
         configs.push(("speculative γ=8 p_min=0.5".into(), flags(&[("--gamma", "8".into()), ("--p-min", "0.5".into())])));
+        // The draft's head cut to the first ids (32768, or half a smaller vocabulary).
+        let cut = (d.model.info().vocab_size / 2).min(32768);
+        configs.push((format!("speculative γ=4 draft_vocab={cut}"), flags(&[("--gamma", "4".into()), ("--draft-vocab", cut.to_string())])));
     }
     let mut configs: Vec<(String, StrategySpec)> =
         configs.into_iter().map(|(label, f)| StrategySpec::from_flags("speculative", &f).map(|s| (label, s))).collect::<Result<_>>()?;

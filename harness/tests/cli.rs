@@ -185,7 +185,7 @@ fn verify_reports_every_configuration_identical() {
         decodebench(&["verify", "--model", &target, "--draft", &draft, "--prompts", prompts.to_str().unwrap(), "--max-new-tokens", "24"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "verify failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-    for config in ["speculative γ=1", "speculative γ=8", "beam num_beams=1"] {
+    for config in ["speculative γ=1", "speculative γ=8", "speculative γ=4 draft_vocab=", "beam num_beams=1"] {
         let line = stdout.lines().find(|l| l.starts_with(config)).unwrap_or_else(|| panic!("no `{config}` in {stdout}"));
         assert!(line.contains("2/2"), "{line}");
     }
