@@ -87,11 +87,7 @@ fn main() {
                 // `ours`: what models run (Q4_1 and Q8_0 packed; Q6_K packed from
                 // Q6K_PACKED_MIN_ROWS rows, on ggml's layout below); for these three also the
                 // other layout, `packed` or `ggml-layout` (same bits).
-                let layouts: &[bool] = if packed.is_empty() || matches!(wt, WeightType::Q4K | WeightType::Q5K) || wt.runs_packed_only() {
-                    &[true]
-                } else {
-                    &[true, false]
-                };
+                let layouts: &[bool] = if packed.is_empty() || wt.runs_packed_only() { &[true] } else { &[true, false] };
                 // The scalar fallback only at one row: it is there for correctness, not speed.
                 for path in available_paths().into_iter().filter(|&p| p != SimdPath::Scalar || m == 1) {
                     for &models in layouts {

@@ -56,6 +56,15 @@ const Q5K_BYTES: usize = 176;
 /// (`[group of four][column][4]`, 256 bytes).
 const UNIT5: usize = UNIT + 256;
 const QH: usize = UNIT;
+
+/// Bytes of a Q4_K unit, or of a Q5_K one (`high_bits`).
+const fn unit_bytes(high_bits: bool) -> usize {
+    if high_bits {
+        UNIT5
+    } else {
+        UNIT
+    }
+}
 /// A weight in one of the interleaved layouts.
 #[derive(Debug, Clone)]
 pub enum PackedWeight {
@@ -233,7 +242,8 @@ impl PackedQ4K {
     }
 
     fn repack(w: &[u8], n: usize, k: usize, high_bits: bool) -> Result<Self> {
-        let (bytes, unit_bytes, name) = if high_bits { (Q5K_BYTES, UNIT5, "Q5_K") } else { (Q4K_BYTES, UNIT, "Q4_K") };
+        let (bytes, name) = if high_bits { (Q5K_BYTES, "Q5_K") } else { (Q4K_BYTES, "Q4_K") };
+        let unit_bytes = unit_bytes(high_bits);
         if k == 0 || !k.is_multiple_of(256) || w.len() != n * (k / 256) * bytes {
             candle_core::bail!("{name} repack: {} bytes for ({n}, {k})", w.len());
         }
@@ -292,7 +302,7 @@ impl PackedQ4K {
     pub(crate) fn work<'a>(&'a self, path: SimdPath, acts: &'a SuperActs, out: &'a mut [f32]) -> Result<Work<'a>> {
         check_super_call(self.n, self.k, path, acts, out)?;
         let (n, nsb, high) = (self.n, self.k / 256, self.high_bits);
-        let gb = nsb * if high { UNIT5 } else { UNIT };
+        let gb = nsb * unit_bytes(high);
         Ok(group_work(n, &self.data, gb, out, groups_per_call(path), move |p, o, cols, groups| {
             // SAFETY: `p` is the call's `groups` groups of nsb units, `o` its first output column.
             unsafe {
@@ -317,7 +327,7 @@ impl PackedQ4K {
 /// # Safety
 /// `p` points at `nsb` units of one group; `out` at its first column of an `(m, n)` output.
 unsafe fn scalar_group(p: *const u8, nsb: usize, high_bits: bool, acts: &SuperActs, out: *mut f32, n: usize, cols: usize) {
-    let unit_bytes = if high_bits { UNIT5 } else { UNIT };
+    let unit_bytes = unit_bytes(high_bits);
     let units = std::slice::from_raw_parts(p, nsb * unit_bytes);
     for r in 0..acts.m {
         for c in 0..cols {
@@ -430,7 +440,7 @@ unsafe fn q4k_rows<V: Lanes, const R: usize, const HIGH: bool>(
     let mut acc = [V::zero_f(); R];
     let mask = V::splat_i8(0x0f);
     let (qs, ad, bs) = (acts.qs.as_ptr() as *const u8, acts.d.as_ptr(), acts.bs.as_ptr() as *const u8);
-    let unit_bytes = if HIGH { UNIT5 } else { UNIT };
+    let unit_bytes = unit_bytes(HIGH);
     for sb in 0..nsb {
         let u = p.add(sb * unit_bytes);
         if acts.m >= PREFETCH_MIN_ROWS {

@@ -150,10 +150,10 @@ impl WeightType {
         }
     }
 
-    /// Whether the kernels run this type in an interleaved layout only ([`crate::packed`]): the
-    /// 32-value types but Q4_1 and Q8_0, which have kernels on ggml's layout too.
+    /// Whether the kernels run this type in an interleaved layout only ([`crate::packed`]): all
+    /// but Q4_1, Q8_0 and Q6_K, which have kernels on ggml's layout too.
     pub fn runs_packed_only(self) -> bool {
-        matches!(self, Self::Q5_0 | Self::Q4_0 | Self::Q5_1)
+        matches!(self, Self::Q5_0 | Self::Q4_0 | Self::Q5_1 | Self::Q4K | Self::Q5K)
     }
 
     /// Whether the kernels take this weight's rows of `k` values.
@@ -250,7 +250,11 @@ pub fn selected_path_description() -> String {
     } else if is_amd() {
         let from: Vec<String> = WeightType::ALL
             .into_iter()
-            .filter_map(|wt| crate::packed::wide_min_rows(wt.ggml()).map(|rows| format!("{} from {rows} rows", wt.name())))
+            .filter_map(|wt| {
+                // Shorter Q6_K rows stay on 256-bit registers (`PackedWeight::wide_min_rows`).
+                let of = if wt == WeightType::Q6K { format!(" of {}+ values", crate::packed::Q6K_LONG_ROW) } else { String::new() };
+                crate::packed::wide_min_rows(wt.ggml()).map(|rows| format!("{} from {rows} rows{of}", wt.name()))
+            })
             .collect();
         format!(
             " ({} for packed products of many rows only, on AMD CPUs: {}; slower for fewer; {SIMD_ENV}={} forces it everywhere)",
@@ -534,23 +538,17 @@ pub fn matmul_on(path: SimdPath, wt: WeightType, w: &[u8], n: usize, k: usize, x
     if !wt.fits(k) {
         candle_core::bail!("quantized matmul: k = {k} is not a multiple of {} ({})", wt.block_values(), wt.name());
     }
-    if matches!(wt, WeightType::Q4K | WeightType::Q5K | WeightType::Q6K) {
+    if wt.runs_packed_only() {
+        // Q4_K, Q5_K, Q5_0, Q4_0 and Q5_1 run in their interleaved layout (models repack once at
+        // load, see [`qmatmul_packed`]).
+        let packed = crate::packed::PackedWeight::new(wt.ggml(), w, n, k)?.expect("a packed type");
+        return packed.matmul_on(path, x, m, out);
+    }
+    if wt == WeightType::Q6K {
         if x.len() != m * k {
             candle_core::bail!("quantized matmul: {} input values for {m} rows of {k}", x.len());
         }
-        let acts = SuperActs::quantize(x, m, k);
-        // Q4_K and Q5_K run in their interleaved layout (models repack once at load, see
-        // [`qmatmul_packed`]).
-        return match wt {
-            WeightType::Q4K => crate::packed::PackedQ4K::new(w, n, k)?.matmul_quantized_on(path, &acts, out),
-            WeightType::Q5K => crate::packed::PackedQ4K::new_q5k(w, n, k)?.matmul_quantized_on(path, &acts, out),
-            _ => matmul_q6k_on(path, w, n, k, &acts, out),
-        };
-    }
-    if wt.runs_packed_only() {
-        // Q5_0, Q4_0 and Q5_1 run in their interleaved layout (models repack once at load).
-        let packed = crate::packed::PackedWeight::new(wt.ggml(), w, n, k)?.expect("a packed type");
-        return packed.matmul_on(path, x, m, out);
+        return matmul_q6k_on(path, w, n, k, &SuperActs::quantize(x, m, k), out);
     }
     matmul_quantized_on(path, wt, w, n, k, &QuantizedActs::quantize(x, m, k), out)
 }

@@ -348,6 +348,12 @@ pub struct Transformer {
 }
 
 impl Transformer {
+    /// Logits (f32) of `hidden` through a vocabulary projection: the whole `lm_head` or its cut
+    /// copy. Exact rows always: the Medusa heads project single rows and blocks alike.
+    fn project(&self, head: &Linear, hidden: &Tensor) -> Result<Tensor> {
+        head.forward_with(hidden, self.uses_own_kernels(), true)?.to_dtype(DType::F32)
+    }
+
     /// The vocabulary projection as a dense f32 `(vocab, hidden)` matrix on the CPU: what
     /// training Medusa heads differentiates through (the quantized kernels have no backward).
     pub fn lm_head_weight(&self) -> Result<Tensor> {
@@ -517,10 +523,11 @@ impl DecoderModel for Transformer {
             LogitRows::Last => x.narrow(1, n - 1, 1)?.contiguous()?,
         };
         let hidden = self.w.final_norm.forward(&x)?;
-        let logits = match &self.limited_head {
-            Some((_, head)) if self.logits_limited => head.forward_with(&hidden, self.uses_own_kernels(), true)?.to_dtype(DType::F32)?,
-            _ => self.lm_head(&hidden)?,
+        let head = match &self.limited_head {
+            Some((_, head)) if self.logits_limited => head,
+            _ => &self.w.lm_head,
         };
+        let logits = self.project(head, &hidden)?;
         Ok(ForwardOutput { logits, hidden })
     }
 
@@ -538,8 +545,7 @@ impl DecoderModel for Transformer {
     }
 
     fn lm_head(&self, hidden: &Tensor) -> Result<Tensor> {
-        // Exact rows always: the Medusa heads project single rows and blocks alike.
-        self.w.lm_head.forward_with(hidden, self.uses_own_kernels(), true)?.to_dtype(DType::F32)
+        self.project(&self.w.lm_head, hidden)
     }
 
     fn cache_len(&self) -> usize {
