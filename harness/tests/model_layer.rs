@@ -210,3 +210,35 @@ fn forward_returns_hidden_states_and_rejects_overflow() {
     let err = model.forward(&input).unwrap_err().to_string();
     assert!(err.contains("parents must come before"), "{err}");
 }
+
+#[test]
+fn a_prefill_with_prefix_reuse_keeps_what_the_cache_holds_and_equals_recomputation() {
+    use decodebench_strategies::prefill;
+    let (tokens, parents) = tree();
+    for (name, mut model) in all_models() {
+        model.set_prefix_reuse(true).unwrap();
+        let p = prompt(11, 4);
+        prefill(&mut model, &p).unwrap();
+        causal(&mut model, &[40, 41]);
+        // A tree verified and its path 0 → 2 → 5 accepted; then a stale tree left behind.
+        tree_forward(&mut model, &tokens, &parents);
+        model.compact_cache(p.len() + 2, &[0, 2, 5]).unwrap();
+        tree_forward(&mut model, &tokens, &parents);
+        let mut next = p.clone();
+        next.extend([40, 41, tokens[0], tokens[2], tokens[5]]);
+        let held = next.len();
+        // The stale tree's first branch (0 → 1 → 3 → 6 → 9) is a chain: its nodes count.
+        next.extend([tokens[0], tokens[1], 200, 201]);
+        assert_eq!(model.reusable_prefix(&next), held + 2, "{name}");
+        let (reused, _) = prefill(&mut model, &next).unwrap();
+        assert_eq!(model.cache_len(), next.len(), "{name}");
+
+        model.set_prefix_reuse(false).unwrap();
+        assert_eq!(model.reusable_prefix(&next), 0, "{name}: off, nothing is kept");
+        let (fresh, _) = prefill(&mut model, &next).unwrap();
+        let diff = max_abs_diff(&reused.logits, &fresh.logits);
+        assert!(diff <= TOL, "{name}: a prefill on a reused prefix differs from one from empty by {diff}");
+        let hidden = max_abs_diff(&reused.hidden, &fresh.hidden);
+        assert!(hidden <= TOL, "{name}: hidden states differ by {hidden}");
+    }
+}

@@ -155,6 +155,51 @@ fn a_run_leaves_tables_answers_and_metadata_and_is_exact() {
     assert_eq!(std::fs::read_to_string(out.join("records.jsonl")).unwrap(), before);
 }
 
+/// `prefix_cache = true`: every turn after the first runs only what the conversation's cache
+/// does not hold, the first turns nothing is kept (each unit starts on empty caches), the
+/// lossless configurations stay exact, and the answers are those of a run without it.
+#[test]
+fn a_run_with_prefix_cache_reuses_earlier_turns_only_and_keeps_the_answers() {
+    let s = tiny_setup(2);
+    let plain = run_dir(&s, "plain", &[]);
+    let text = std::fs::read_to_string(&s.config).unwrap().replace("[run]\n", "[run]\nprefix_cache = true\n");
+    std::fs::write(&s.config, text).unwrap();
+    let cached = run_dir(&s, "cached", &[]);
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(cached.join("meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["prefix_cache"], true);
+    let plain_meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(plain.join("meta.json")).unwrap()).unwrap();
+    assert_ne!(meta["sweep_hash"], plain_meta["sweep_hash"], "a run with the setting is another sweep");
+    // Resuming the plain run with the setting on is refused, naming it.
+    let again = decodebench(&["run", s.config.to_str().unwrap(), "--out", plain.to_str().unwrap(), "--resume"]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success() && stderr.contains("prefix_cache: false before, true now"), "{stderr}");
+
+    for r in read_records(&cached).unwrap().records {
+        let (first, second) = (&r.turns[0], &r.turns[1]);
+        assert_eq!(first.reused_prompt_tokens, 0, "{} q{}: a first turn starts on empty caches", r.key.config, r.question_id);
+        assert!(
+            second.reused_prompt_tokens >= first.prompt_tokens && second.reused_prompt_tokens < second.prompt_tokens,
+            "{} q{}: turn 2 keeps {} of {} prompt tokens (turn 1's prompt: {})",
+            r.key.config,
+            r.question_id,
+            second.reused_prompt_tokens,
+            second.prompt_tokens,
+            first.prompt_tokens
+        );
+    }
+    for r in read_records(&plain).unwrap().records {
+        assert!(r.turns.iter().all(|t| t.reused_prompt_tokens == 0));
+    }
+    let summary = read_summary(&cached).unwrap();
+    for r in summary.iter().filter(|r| r.lossless && r.category == "all") {
+        assert_eq!(r.exact_match, Some(1.0), "{}", r.config_id);
+    }
+    let tokens = |dir: &Path| -> BTreeMap<String, Vec<Vec<u32>>> {
+        content(dir).into_iter().map(|(unit, turns)| (unit, turns.into_iter().map(|t| t.1).collect())).collect()
+    };
+    assert_eq!(tokens(&cached), tokens(&plain), "the same answers with and without the cache kept");
+}
+
 #[test]
 fn shards_merge_into_the_unsharded_run() {
     let s = tiny_setup(5);

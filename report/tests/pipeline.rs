@@ -18,6 +18,7 @@ fn turn(wall_s: f64, tokens: &[u32], steps: Vec<StepRecord>) -> TurnRecord {
     TurnRecord {
         turn: 1,
         prompt_tokens: 12,
+        reused_prompt_tokens: 0,
         new_tokens: tokens.len(),
         token_ids: tokens.to_vec(),
         text: "a b c d e f g h i".into(),

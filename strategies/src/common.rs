@@ -20,8 +20,10 @@ impl StopConfig {
     }
 }
 
-/// Clears the cache and runs the prompt as one causal block; returns the last row's logits and
-/// hidden state and the seconds it took.
+/// Runs the prompt as one causal block on an emptied cache, or, with prefix reuse on
+/// ([`DecoderModel::set_prefix_reuse`]), on the part of the cache that the prompt starts with
+/// ([`DecoderModel::reusable_prefix`]); returns the last row's logits and hidden state and the
+/// seconds it took.
 pub fn prefill(model: &mut dyn DecoderModel, prompt: &[u32]) -> Result<(ForwardOutput, f64)> {
     if prompt.is_empty() {
         candle_core::bail!("empty prompt: decoding needs at least one prompt token");
@@ -30,10 +32,15 @@ pub fn prefill(model: &mut dyn DecoderModel, prompt: &[u32]) -> Result<(ForwardO
     if prompt.len() >= max_context {
         candle_core::bail!("prompt has {} tokens but model {} has a context of {max_context}", prompt.len(), model.info().name);
     }
-    model.clear_cache();
     let t0 = clock::now(model.device())?;
-    let positions: Vec<usize> = (0..prompt.len()).collect();
-    let out = model.forward(&ForwardInput::causal(prompt, &positions, LogitRows::Last))?;
+    let keep = model.reusable_prefix(prompt);
+    if keep == 0 {
+        model.clear_cache();
+    } else {
+        model.truncate_cache(keep)?;
+    }
+    let positions: Vec<usize> = (keep..prompt.len()).collect();
+    let out = model.forward(&ForwardInput::causal(&prompt[keep..], &positions, LogitRows::Last))?;
     Ok((out, clock::since(model.device(), t0)?))
 }
 

@@ -11,6 +11,7 @@
 
 pub mod autoregressive;
 pub mod beam;
+mod cache_ledger;
 pub mod clock;
 mod common;
 pub mod host;
@@ -22,6 +23,7 @@ pub mod sampler;
 pub mod speculative;
 pub mod toy;
 
+pub use cache_ledger::CacheLedger;
 pub use common::{prefill, StopConfig};
 pub use model::{BlockAttention, DecoderModel, ForwardInput, ForwardOutput, LogitRows, ModelInfo};
 pub use record::{Generation, StepRecord, StopReason};

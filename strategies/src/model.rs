@@ -144,6 +144,25 @@ pub trait DecoderModel {
     /// Empties the cache.
     fn clear_cache(&mut self);
 
+    /// How many leading tokens of `prompt` [`prefill`](crate::prefill) may keep from the cache
+    /// rather than recompute: 0 unless prefix reuse is on
+    /// ([`set_prefix_reuse`](DecoderModel::set_prefix_reuse)), else what the model's
+    /// [`CacheLedger`](crate::CacheLedger) says the cache holds of it.
+    fn reusable_prefix(&self, _prompt: &[u32]) -> usize {
+        0
+    }
+
+    /// Lets [`prefill`](crate::prefill) keep the part of the cache that a new prompt starts
+    /// with (the earlier turns of a conversation) instead of clearing it. Off by default: with
+    /// it on, a prefill's cost depends on what ran before, so whoever turns it on decides
+    /// what the cache holds at each prompt (the runner clears it before every unit).
+    fn set_prefix_reuse(&mut self, on: bool) -> Result<()> {
+        if on {
+            candle_core::bail!("model {} does not track its cache's tokens, so it cannot reuse a prefix", self.info().name);
+        }
+        Ok(())
+    }
+
     /// Limits the logits [`forward`](DecoderModel::forward) returns to the first `n` token ids
     /// (`None`: the whole vocabulary, the default). A draft model searches only there: with a
     /// byte-level BPE vocabulary, whose ids follow the merge order, the first ids are the most

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use crate::{BlockAttention, DecoderModel, ForwardInput, ForwardOutput, LogitRows, ModelInfo};
+use crate::{BlockAttention, CacheLedger, DecoderModel, ForwardInput, ForwardOutput, LogitRows, ModelInfo};
 
 /// Logits for the next token after the given sequence.
 pub type LogitsFn = Arc<dyn Fn(&[u32]) -> Vec<f32> + Send + Sync>;
@@ -20,12 +20,14 @@ pub struct ToyModel {
     rows: Vec<Vec<u32>>,
     /// Counts target forwards (tests check how many a strategy used).
     pub forwards: usize,
+    ledger: CacheLedger,
+    prefix_reuse: bool,
 }
 
 impl ToyModel {
     pub fn new(vocab_size: usize, max_context: usize, logits_fn: LogitsFn, device: &Device) -> Self {
         let info = ModelInfo { name: "toy".into(), arch: "toy".into(), vocab_size, hidden_size: 8, max_context };
-        Self { info, logits_fn, device: device.clone(), rows: Vec::new(), forwards: 0 }
+        Self { info, logits_fn, device: device.clone(), rows: Vec::new(), forwards: 0, ledger: CacheLedger::default(), prefix_reuse: false }
     }
 
     /// A model whose next-token distribution is a pseudo-random function of the whole sequence
@@ -112,6 +114,7 @@ impl DecoderModel for ToyModel {
             }
             row.extend_from_slice(block);
         }
+        self.ledger.appended(input);
         let rows = wanted.len();
         Ok(ForwardOutput {
             logits: Tensor::from_vec(logits, (b, rows, self.info.vocab_size), &self.device)?,
@@ -144,6 +147,7 @@ impl DecoderModel for ToyModel {
             candle_core::bail!("toy: cannot truncate {} to {len}", self.cache_len());
         }
         self.rows.iter_mut().for_each(|r| r.truncate(len));
+        self.ledger.truncated(len);
         Ok(())
     }
 
@@ -153,15 +157,31 @@ impl DecoderModel for ToyModel {
             row.truncate(start);
             row.extend(kept);
         }
+        self.ledger.compacted(start, keep);
         Ok(())
     }
 
     fn reorder_cache(&mut self, rows: &[usize]) -> Result<()> {
         self.rows = rows.iter().map(|&r| self.rows[r].clone()).collect();
+        self.ledger.reordered(rows);
         Ok(())
     }
 
     fn clear_cache(&mut self) {
         self.rows.clear();
+        self.ledger.cleared();
+    }
+
+    fn reusable_prefix(&self, prompt: &[u32]) -> usize {
+        if self.prefix_reuse {
+            self.ledger.reusable_prefix(prompt)
+        } else {
+            0
+        }
+    }
+
+    fn set_prefix_reuse(&mut self, on: bool) -> Result<()> {
+        self.prefix_reuse = on;
+        Ok(())
     }
 }

@@ -157,3 +157,42 @@ fn bad_settings_are_rejected() {
     let err = generate(&mut target, &mut draft, &[1], &stop(4), &cfg, &mut sampler, &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("--gamma"), "{err}");
 }
+
+/// With prefix reuse on, a conversation's second turn keeps the caches of its first (target and
+/// draft) and runs only the new tokens, with the same answer as from empty caches.
+#[test]
+fn a_second_turn_reuses_the_first_turns_caches_and_answers_the_same() {
+    use decodebench_strategies::DecoderModel;
+    let dev = Device::Cpu;
+    let vocab = 50;
+    let prompt1 = vec![5u32, 9, 13, 21];
+    let cfg = config(3, GammaSchedule::Constant, None, SpecAcceptance::Greedy);
+    let mut target = ToyModel::hashed(vocab, 3, &dev);
+    let mut draft = noisy_draft(vocab, 3, 17, 0.3);
+    target.set_prefix_reuse(true).unwrap();
+    draft.set_prefix_reuse(true).unwrap();
+    let mut sampler = Sampler::new(SamplingConfig::greedy());
+    let first = generate(&mut target, &mut draft, &prompt1, &stop(20), &cfg, &mut sampler, &mut |_| {}).unwrap();
+    assert!(first.tokens.len() > 4, "a first answer long enough to matter: {:?}", first.tokens);
+
+    let mut prompt2 = prompt1.clone();
+    prompt2.extend(&first.tokens);
+    prompt2.extend([7, 8, 9]);
+    // The target cache holds the prompt and every answer token but (at most) the last ones
+    // emitted; the draft's the same less the drafts it did not get to read.
+    let (t_kept, d_kept) = (target.reusable_prefix(&prompt2), draft.reusable_prefix(&prompt2));
+    assert!(t_kept >= prompt1.len() + first.tokens.len() - 2, "target keeps {t_kept} of {}", prompt2.len());
+    assert!(d_kept >= prompt1.len(), "draft keeps {d_kept} of {}", prompt2.len());
+    let reused = generate(&mut target, &mut draft, &prompt2, &stop(20), &cfg, &mut sampler, &mut |_| {}).unwrap();
+
+    let mut fresh_target = ToyModel::hashed(vocab, 3, &dev);
+    let mut fresh_draft = noisy_draft(vocab, 3, 17, 0.3);
+    let fresh = generate(&mut fresh_target, &mut fresh_draft, &prompt2, &stop(20), &cfg, &mut sampler, &mut |_| {}).unwrap();
+    assert_eq!(reused.tokens, fresh.tokens);
+    let greedy = autoregressive::greedy(&mut fresh_target, &prompt2, &stop(20), &mut |_| {}).unwrap();
+    assert_eq!(reused.tokens, greedy.tokens);
+
+    // Off (the default), nothing is kept.
+    target.set_prefix_reuse(false).unwrap();
+    assert_eq!(target.reusable_prefix(&prompt2), 0);
+}

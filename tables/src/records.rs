@@ -59,6 +59,10 @@ pub struct TurnRecord {
     pub stop: String,
     /// The whole call as the runner timed it (device synchronised on both sides).
     pub wall_s: f64,
+    /// Leading prompt tokens the target's cache already held from the conversation's earlier
+    /// turns (`prefix_cache`), which the prompt forward skipped; 0 without it.
+    #[serde(default)]
+    pub reused_prompt_tokens: usize,
     /// The strategy's own split of that call.
     pub prefill_s: f64,
     pub decode_s: f64,
@@ -141,6 +145,9 @@ pub struct RunMeta {
     pub repeats: usize,
     pub warmup: usize,
     pub seed: u64,
+    /// The KV cache kept between the turns of a conversation (`[run] prefix_cache`).
+    #[serde(default)]
+    pub prefix_cache: bool,
     /// `K/N` when sharded.
     pub shard: Option<String>,
     pub models: Vec<ModelMeta>,

@@ -40,6 +40,7 @@ fn meta(configs: Vec<ConfigKey>) -> RunMeta {
         repeats: 1,
         warmup: 0,
         seed: 0,
+        prefix_cache: false,
         shard: None,
         models: vec![ModelMeta {
             role: "target".into(),
@@ -90,6 +91,7 @@ fn turn(n: usize, tokens: &[u32], wall_s: f64, steps: Vec<StepRecord>) -> TurnRe
     TurnRecord {
         turn: n,
         prompt_tokens: 10,
+        reused_prompt_tokens: 0,
         new_tokens: tokens.len(),
         token_ids: tokens.to_vec(),
         text: tokens.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" "),

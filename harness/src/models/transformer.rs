@@ -11,7 +11,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use decodebench_kernels::attention;
 use decodebench_kernels::packed::PackedWeight;
-use decodebench_strategies::{BlockAttention, DecoderModel, ForwardInput, ForwardOutput, LogitRows, ModelInfo};
+use decodebench_strategies::{BlockAttention, CacheLedger, DecoderModel, ForwardInput, ForwardOutput, LogitRows, ModelInfo};
 
 use super::kv_cache::KvCache;
 
@@ -345,6 +345,10 @@ pub struct Transformer {
     limited_head: Option<(usize, Linear)>,
     /// Whether the forward's logits are limited to [`Self::limited_head`]'s ids.
     logits_limited: bool,
+    /// What the cache holds, token by token, and whether a prefill may keep what a prompt
+    /// starts with ([`DecoderModel::set_prefix_reuse`]).
+    ledger: CacheLedger,
+    prefix_reuse: bool,
 }
 
 impl Transformer {
@@ -386,6 +390,8 @@ impl Transformer {
             own_kernels: own_kernels_default(),
             limited_head: None,
             logits_limited: false,
+            ledger: CacheLedger::default(),
+            prefix_reuse: false,
             cfg,
             w,
             dtype,
@@ -528,7 +534,21 @@ impl DecoderModel for Transformer {
             _ => &self.w.lm_head,
         };
         let logits = self.project(head, &hidden)?;
+        self.ledger.appended(input);
         Ok(ForwardOutput { logits, hidden })
+    }
+
+    fn reusable_prefix(&self, prompt: &[u32]) -> usize {
+        if self.prefix_reuse {
+            self.ledger.reusable_prefix(prompt)
+        } else {
+            0
+        }
+    }
+
+    fn set_prefix_reuse(&mut self, on: bool) -> Result<()> {
+        self.prefix_reuse = on;
+        Ok(())
     }
 
     fn set_logit_vocab(&mut self, n: Option<usize>) -> Result<()> {
@@ -557,18 +577,25 @@ impl DecoderModel for Transformer {
     }
 
     fn truncate_cache(&mut self, len: usize) -> Result<()> {
-        self.cache.iter_mut().try_for_each(|c| c.truncate(len))
+        self.cache.iter_mut().try_for_each(|c| c.truncate(len))?;
+        self.ledger.truncated(len);
+        Ok(())
     }
 
     fn compact_cache(&mut self, start: usize, keep: &[usize]) -> Result<()> {
-        self.cache.iter_mut().try_for_each(|c| c.compact(start, keep))
+        self.cache.iter_mut().try_for_each(|c| c.compact(start, keep))?;
+        self.ledger.compacted(start, keep);
+        Ok(())
     }
 
     fn reorder_cache(&mut self, rows: &[usize]) -> Result<()> {
-        self.cache.iter_mut().try_for_each(|c| c.reorder(rows))
+        self.cache.iter_mut().try_for_each(|c| c.reorder(rows))?;
+        self.ledger.reordered(rows);
+        Ok(())
     }
 
     fn clear_cache(&mut self) {
+        self.ledger.cleared();
         self.cache.iter_mut().for_each(KvCache::clear)
     }
 }

@@ -72,6 +72,11 @@ pub struct RunSection {
     pub calibrate_tokens: Option<Vec<usize>>,
     #[serde(default = "default_calibrate_context")]
     pub calibrate_context: usize,
+    /// Keep the KV cache between the turns of a conversation: turn t + 1's prompt forward runs
+    /// only what its cache does not already hold (the previous turns), as serving engines with
+    /// prefix caching do. Every unit starts on empty caches.
+    #[serde(default)]
+    pub prefix_cache: bool,
 }
 
 fn default_turns() -> usize {

@@ -130,7 +130,9 @@ fn sweep_hash(exp: &Experiment, threads: usize) -> String {
         "repeats": exp.run.repeats, "seed": exp.run.seed, "device": exp.run.device, "threads": threads,
         "target": exp.models.target, "draft": exp.models.draft, "heads": exp.models.heads,
     });
-    hash_hex(&[&text.to_string()])[..16].to_string()
+    // Named only when on, so sweeps from before the setting existed keep their hash.
+    let text = if exp.run.prefix_cache { format!("{text} prefix_cache") } else { text.to_string() };
+    hash_hex(&[&text])[..16].to_string()
 }
 
 /// Models whose weights differ between two runs of one sweep: the sweep hash names models by
@@ -175,6 +177,9 @@ fn describe_change(old: &RunMeta, new: &RunMeta) -> String {
     }
     if old.seed != new.seed {
         diffs.push(format!("seed: {} before, {} now", old.seed, new.seed));
+    }
+    if old.prefix_cache != new.prefix_cache {
+        diffs.push(format!("prefix_cache: {} before, {} now", old.prefix_cache, new.prefix_cache));
     }
     let models = |m: &RunMeta| m.models.iter().map(|x| format!("{}={}", x.role, x.name)).collect::<Vec<_>>().join(", ");
     if models(old) != models(new) {
@@ -331,6 +336,7 @@ pub fn run(args: &RunArgs) -> Result<Option<RunOutcome>> {
         repeats: exp.run.repeats,
         warmup: exp.run.warmup,
         seed: exp.run.seed,
+        prefix_cache: exp.run.prefix_cache,
         shard: shard.map(|s| s.label()),
         models: Vec::new(),
         heads_note: heads_note.clone(),
@@ -398,6 +404,10 @@ pub fn run(args: &RunArgs) -> Result<Option<RunOutcome>> {
         (Some(src), Some(name)) => Some(models::load(src, Some(name), None, &device)?),
         _ => None,
     };
+    target.model.set_prefix_reuse(exp.run.prefix_cache)?;
+    if let Some(d) = draft.as_mut() {
+        d.model.set_prefix_reuse(exp.run.prefix_cache)?;
+    }
     let heads = match &heads_spec {
         Some(spec) => {
             let mut h = MedusaHeads::from_spec(spec, target.model.info(), exp.run.seed, &device)
@@ -496,6 +506,12 @@ pub fn run(args: &RunArgs) -> Result<Option<RunOutcome>> {
         per_config.set_position(*config_done.get(&unit.config).unwrap_or(&0) as u64);
         per_config.set_message(format!("{} · question {} · repeat {}", spec.id(), q.id, unit.repeat));
         machine::reset_peak_rss();
+        // Every unit starts on empty caches: with prefix_cache on, only its own earlier turns
+        // may be reused, never what another configuration or question left behind.
+        target.model.clear_cache();
+        if let Some(d) = draft.as_mut() {
+            d.model.clear_cache();
+        }
         let mut history: Vec<ChatMessage> = Vec::new();
         let mut turns = Vec::with_capacity(exp.run.turns);
         for (t, user) in q.turns.iter().take(exp.run.turns).enumerate() {
@@ -512,6 +528,7 @@ pub fn run(args: &RunArgs) -> Result<Option<RunOutcome>> {
                 );
             }
             let seed = turn_seed(exp.run.seed, &spec.id(), &q.id, unit.repeat, t + 1);
+            let reused_prompt_tokens = target.model.reusable_prefix(&prompt);
             device.synchronize()?;
             let t0 = std::time::Instant::now();
             let models = Models { target: &mut target, draft: draft.as_mut(), heads: heads.as_ref() };
@@ -525,6 +542,7 @@ pub fn run(args: &RunArgs) -> Result<Option<RunOutcome>> {
             turns.push(TurnRecord {
                 turn: t + 1,
                 prompt_tokens: prompt.len(),
+                reused_prompt_tokens,
                 new_tokens: g.tokens.len(),
                 token_ids: g.tokens.clone(),
                 text,

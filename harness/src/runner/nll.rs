@@ -13,6 +13,9 @@ pub fn nll_per_token(model: &mut dyn DecoderModel, prompt: &[u32], answer: &[u32
     if answer.is_empty() {
         return Ok(None);
     }
+    // From an empty cache: the cache this leaves (which the next turn may reuse) is then the
+    // same whichever configuration answered.
+    model.clear_cache();
     let (out, _) = prefill(model, prompt)?;
     let mut total = neg_log_prob(&host::logits_row(&out.logits)?, answer[0]);
     // Row r of a forward over answer[i..j] predicts answer[i + r + 1].

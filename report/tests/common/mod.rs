@@ -306,6 +306,7 @@ pub fn meta(host: &str) -> RunMeta {
         repeats: 1,
         warmup: 1,
         seed: 7,
+        prefix_cache: false,
         shard: None,
         models: vec![ModelMeta {
             role: "target".into(),
