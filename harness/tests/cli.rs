@@ -230,3 +230,27 @@ fn draft_with_another_tokenizer_is_rejected() {
         decodebench(&["generate", "--model", &target, "--prompt", "hi", "--strategy", "speculative", "--draft", smollm2.to_str().unwrap()]);
     assert_one_line_error(&out, &["--draft", "tokenizer differs", "at id"]);
 }
+
+/// Every config under `experiments/` expands (`run --dry-run`, from the repository root, where
+/// their relative paths point): a shipped config that no longer parses fails here, not in a
+/// user's hour-long run.
+#[test]
+fn every_shipped_config_expands() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut n = 0;
+    for entry in std::fs::read_dir(root.join("experiments")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_decodebench"))
+            .args(["run", path.to_str().unwrap(), "--dry-run"])
+            .current_dir(&root)
+            .output()
+            .expect("run decodebench");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && stdout.contains("units"), "{}: {}{stdout}", path.display(), String::from_utf8_lossy(&out.stderr));
+        n += 1;
+    }
+    assert!(n >= 10, "{n} configs");
+}

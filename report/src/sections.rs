@@ -450,6 +450,15 @@ pub fn metadata(f: &Folder) -> Vec<Block> {
             vec!["Shard".into(), opt(&m.shard)],
             vec!["Questions".into(), m.questions.len().to_string()],
             vec!["Turns per question".into(), m.turns.to_string()],
+            vec![
+                "KV cache between turns".into(),
+                if m.prefix_cache {
+                    "kept (prefix_cache: a turn's prompt forward runs only what the cache lacks)"
+                } else {
+                    "cleared (every prompt forward from empty)"
+                }
+                .into(),
+            ],
             vec!["Max new tokens".into(), m.max_new_tokens.to_string()],
             vec!["Repeats (warm-up)".into(), format!("{} ({})", m.repeats, m.warmup)],
             vec!["Seed".into(), m.seed.to_string()],

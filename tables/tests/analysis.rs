@@ -355,7 +355,7 @@ fn a_unit_twice_is_an_error() {
     assert!(err.to_string().contains("two records of configuration greedy, question 1, repeat 0"), "{err}");
 }
 
-const TURNS_COLUMNS: [&str; 29] = [
+const TURNS_COLUMNS: [&str; 30] = [
     "config_id",
     "strategy",
     "config",
@@ -365,6 +365,7 @@ const TURNS_COLUMNS: [&str; 29] = [
     "repeat",
     "turn",
     "prompt_tokens",
+    "reused_prompt_tokens",
     "new_tokens",
     "wall_s",
     "prefill_s",
