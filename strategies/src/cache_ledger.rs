@@ -4,22 +4,28 @@
 
 use crate::ForwardInput;
 
-/// The ledger of a model's cache, kept in step with it by the model's own cache operations.
-/// A new ledger is that of an empty cache.
+/// The ledger of a model's cache, kept in step with it by the model's own cache operations, and
+/// whether a prefill may reuse what it records. A new ledger is that of an empty cache, reuse off.
 #[derive(Debug, Clone)]
 pub struct CacheLedger {
     /// `(token, position)` per slot; None once the cache holds several rows (beams), whose
     /// contents no prompt can reuse.
     slots: Option<Vec<(u32, usize)>>,
+    reuse: bool,
 }
 
 impl Default for CacheLedger {
     fn default() -> Self {
-        Self { slots: Some(Vec::new()) }
+        Self { slots: Some(Vec::new()), reuse: false }
     }
 }
 
 impl CacheLedger {
+    /// Turns reuse on or off ([`crate::DecoderModel::set_prefix_reuse`]).
+    pub fn set_reuse(&mut self, on: bool) {
+        self.reuse = on;
+    }
+
     /// A forward appended `input`'s block to the cache. A tree block's nodes are recorded in
     /// block order at their positions (cache length + depth); see [`Self::reusable_prefix`] for
     /// why that is enough to tell a kept path from a stale tree.
@@ -65,7 +71,7 @@ impl CacheLedger {
 
     /// How many leading tokens of `prompt` the cache holds, each computed at its own position
     /// after exactly the tokens before it, at most `prompt.len() - 1` (a prefill must run at
-    /// least one token to get logits).
+    /// least one token to get logits); 0 with reuse off.
     ///
     /// Slot i counts when it holds `prompt[i]` at position i and every slot before it counts.
     /// A slot of a tree block sits at cache length + its depth, so a run of slots whose
@@ -73,7 +79,7 @@ impl CacheLedger {
     /// the only earlier node one level up): keys and values a causal block would have computed.
     /// Stale siblings of an uncompacted tree break the run at the first one.
     pub fn reusable_prefix(&self, prompt: &[u32]) -> usize {
-        let Some(slots) = &self.slots else { return 0 };
+        let Some(slots) = self.slots.as_ref().filter(|_| self.reuse) else { return 0 };
         let same = slots.iter().zip(prompt).enumerate().take_while(|&(i, (&(t, p), &want))| t == want && p == i).count();
         same.min(prompt.len().saturating_sub(1))
     }
@@ -84,6 +90,12 @@ mod tests {
     use super::*;
     use crate::{BlockAttention, LogitRows};
 
+    fn on() -> CacheLedger {
+        let mut l = CacheLedger::default();
+        l.set_reuse(true);
+        l
+    }
+
     fn causal(ledger: &mut CacheLedger, tokens: &[u32], start: usize) {
         let positions: Vec<usize> = (start..start + tokens.len()).collect();
         ledger.appended(&ForwardInput::causal(tokens, &positions, LogitRows::Last));
@@ -91,7 +103,7 @@ mod tests {
 
     #[test]
     fn a_cache_holding_a_prefix_lends_it_and_never_the_last_token() {
-        let mut l = CacheLedger::default();
+        let mut l = on();
         causal(&mut l, &[1, 2, 3], 0);
         assert_eq!(l.reusable_prefix(&[1, 2, 3, 4, 5]), 3);
         assert_eq!(l.reusable_prefix(&[1, 2, 9, 4]), 2);
@@ -99,11 +111,13 @@ mod tests {
         assert_eq!(l.reusable_prefix(&[7]), 0);
         l.truncated(1);
         assert_eq!(l.reusable_prefix(&[1, 2, 3]), 1);
+        l.set_reuse(false);
+        assert_eq!(l.reusable_prefix(&[1, 2, 3]), 0, "off, nothing is lent");
     }
 
     #[test]
     fn a_tree_counts_only_once_compacted_to_a_path() {
-        let mut l = CacheLedger::default();
+        let mut l = on();
         causal(&mut l, &[1, 2], 0);
         // Root 3 at position 2 with children 4 and 5 (position 3), 6 under 5 (position 4).
         let tree = BlockAttention::Tree { parents: vec![None, Some(0), Some(0), Some(2)] };
@@ -117,7 +131,7 @@ mod tests {
 
     #[test]
     fn beams_make_the_cache_unknown_until_cleared() {
-        let mut l = CacheLedger::default();
+        let mut l = on();
         causal(&mut l, &[1, 2], 0);
         l.reordered(&[0]);
         assert_eq!(l.reusable_prefix(&[1, 2, 3]), 2);

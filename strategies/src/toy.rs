@@ -21,13 +21,12 @@ pub struct ToyModel {
     /// Counts target forwards (tests check how many a strategy used).
     pub forwards: usize,
     ledger: CacheLedger,
-    prefix_reuse: bool,
 }
 
 impl ToyModel {
     pub fn new(vocab_size: usize, max_context: usize, logits_fn: LogitsFn, device: &Device) -> Self {
         let info = ModelInfo { name: "toy".into(), arch: "toy".into(), vocab_size, hidden_size: 8, max_context };
-        Self { info, logits_fn, device: device.clone(), rows: Vec::new(), forwards: 0, ledger: CacheLedger::default(), prefix_reuse: false }
+        Self { info, logits_fn, device: device.clone(), rows: Vec::new(), forwards: 0, ledger: CacheLedger::default() }
     }
 
     /// A model whose next-token distribution is a pseudo-random function of the whole sequence
@@ -173,15 +172,11 @@ impl DecoderModel for ToyModel {
     }
 
     fn reusable_prefix(&self, prompt: &[u32]) -> usize {
-        if self.prefix_reuse {
-            self.ledger.reusable_prefix(prompt)
-        } else {
-            0
-        }
+        self.ledger.reusable_prefix(prompt)
     }
 
     fn set_prefix_reuse(&mut self, on: bool) -> Result<()> {
-        self.prefix_reuse = on;
+        self.ledger.set_reuse(on);
         Ok(())
     }
 }

@@ -348,7 +348,6 @@ pub struct Transformer {
     /// What the cache holds, token by token, and whether a prefill may keep what a prompt
     /// starts with ([`DecoderModel::set_prefix_reuse`]).
     ledger: CacheLedger,
-    prefix_reuse: bool,
 }
 
 impl Transformer {
@@ -391,7 +390,6 @@ impl Transformer {
             limited_head: None,
             logits_limited: false,
             ledger: CacheLedger::default(),
-            prefix_reuse: false,
             cfg,
             w,
             dtype,
@@ -539,15 +537,11 @@ impl DecoderModel for Transformer {
     }
 
     fn reusable_prefix(&self, prompt: &[u32]) -> usize {
-        if self.prefix_reuse {
-            self.ledger.reusable_prefix(prompt)
-        } else {
-            0
-        }
+        self.ledger.reusable_prefix(prompt)
     }
 
     fn set_prefix_reuse(&mut self, on: bool) -> Result<()> {
-        self.prefix_reuse = on;
+        self.ledger.set_reuse(on);
         Ok(())
     }
 
