@@ -51,6 +51,10 @@ pub struct TurnRecord {
     /// 1-based.
     pub turn: usize,
     pub prompt_tokens: usize,
+    /// Leading prompt tokens the target's cache already held from the conversation's earlier
+    /// turns (`prefix_cache`), which the prompt forward skipped; 0 without it.
+    #[serde(default)]
+    pub reused_prompt_tokens: usize,
     pub new_tokens: usize,
     pub token_ids: Vec<u32>,
     /// The answer, special tokens skipped.
@@ -59,10 +63,6 @@ pub struct TurnRecord {
     pub stop: String,
     /// The whole call as the runner timed it (device synchronised on both sides).
     pub wall_s: f64,
-    /// Leading prompt tokens the target's cache already held from the conversation's earlier
-    /// turns (`prefix_cache`), which the prompt forward skipped; 0 without it.
-    #[serde(default)]
-    pub reused_prompt_tokens: usize,
     /// The strategy's own split of that call.
     pub prefill_s: f64,
     pub decode_s: f64,
