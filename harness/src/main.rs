@@ -286,6 +286,14 @@ struct TrainHeadsCliArgs {
     /// Length of the self-distilled answers.
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
+    /// Answers per prompt, decoded together as the batch rows of one forward: the greedy
+    /// answer, and samples - 1 drawn at --temperature. More data for about the cost of one
+    /// answer per prompt batched several ways.
+    #[arg(long, default_value_t = 1)]
+    samples: usize,
+    /// Temperature of the drawn answers (with --samples above 1).
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f64,
     #[arg(long, value_enum, default_value = "v2")]
     layout: HeadLayoutArg,
     #[arg(long, value_enum, default_value = "ce")]
@@ -769,6 +777,8 @@ fn train_heads(a: &TrainHeadsCliArgs) -> Result<()> {
         out: a.out.clone(),
         prompts: a.prompts.clone(),
         max_new_tokens: a.max_new_tokens,
+        samples: a.samples,
+        temperature: a.temperature,
         train: decodebench::heads::train::TrainConfig {
             num_heads: a.heads,
             version: match a.layout {

@@ -237,3 +237,84 @@ fn reduced_vocabulary_heads_train_load_and_draft() {
         assert!(medusa["mean_accepted_tokens"].as_f64().unwrap() > 1.0, "{layout}: nothing accepted: {medusa}");
     }
 }
+
+#[test]
+fn sampled_answers_are_batched_stored_and_resumed() {
+    use decodebench::heads::corpus::{answers, hidden_states, CorpusHeader};
+    let s = setup();
+    let out = s.root.join("sampled");
+    let extra = ["--samples", "3", "--temperature", "1.0"];
+    ok(&train(&s, &out, "1", &extra));
+    let corpus_path = out.join("corpus.jsonl");
+    let lines = |p: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p).unwrap().lines().skip(1).map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let entries = lines(&corpus_path);
+    assert_eq!(entries.len(), 8 * 3);
+    let log: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("training.json")).unwrap()).unwrap();
+    assert_eq!((log["prompts"].as_u64(), log["samples"].as_u64()), (Some(8), Some(3)), "{log}");
+
+    // Row 0 of the batch is the greedy answer, token for token what `generate` gives alone;
+    // the drawn rows are other answers.
+    let mut differs = 0;
+    for i in 0..8 {
+        let id = format!("p{i}");
+        let get = |id: &str| entries.iter().find(|e| e["id"] == id).unwrap_or_else(|| panic!("{id} missing")).clone();
+        let greedy = get(&id);
+        let prompt_tokens = greedy["prompt_tokens"].as_u64().unwrap() as usize;
+        let answer: Vec<u64> = greedy["tokens"].as_array().unwrap()[prompt_tokens..].iter().map(|t| t.as_u64().unwrap()).collect();
+        let gen = ok(&decodebench(&[
+            "generate",
+            "--model",
+            s.model.to_str().unwrap(),
+            "--prompt",
+            &format!("tell me about {i} and {}", i * 7),
+            "--max-new-tokens",
+            "40",
+            "--json",
+        ]));
+        let g: serde_json::Value = serde_json::from_str(&gen).unwrap();
+        let want: Vec<u64> = g["token_ids"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
+        assert_eq!(answer, want, "{id}: batch row 0 is not the greedy answer");
+        for k in 1..3 {
+            if get(&format!("{id}#s{k}"))["tokens"] != greedy["tokens"] {
+                differs += 1;
+            }
+        }
+    }
+    assert!(differs >= 8, "only {differs} of 16 drawn answers differ from the greedy one");
+
+    // The states kept while decoding are what a teacher-forced forward computes (f16 apart).
+    let source = decodebench::catalog::resolve_model(s.model.to_str().unwrap(), false).unwrap();
+    let mut model = decodebench::models::load(&source, None, None, &candle_core::Device::Cpu).unwrap();
+    let header = CorpusHeader { model: "tiny".into(), model_sha256: "x".into(), max_new_tokens: 40, samples: 3, temperature: 1.0 };
+    let stop = decodebench_strategies::StopConfig { max_new_tokens: 40, eos_token_ids: Vec::new() };
+    let prompt = decodebench::data::PromptItem { id: "q".into(), category: "writing".into(), prompt: "tell me about 9".into() };
+    let made = answers(&mut model, &prompt, &header, &stop).unwrap();
+    let made_entries: Vec<_> = made.iter().map(|(e, _)| e.clone()).collect();
+    let recomputed = hidden_states(&mut model, &made_entries, None, false).unwrap();
+    let kept = candle_core::Tensor::cat(&made.iter().map(|(_, h)| h.clone()).collect::<Vec<_>>(), 0).unwrap();
+    let kept = kept.to_dtype(candle_core::DType::F32).unwrap();
+    assert_eq!(kept.dims(), recomputed.dims());
+    let diff = (kept - &recomputed).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let scale = recomputed.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(diff <= 1e-2 * scale.max(1.0), "kept states differ from recomputed ones by {diff} (scale {scale})");
+
+    // A run killed mid-prompt: its last answers are made again, the same ones, and resuming the
+    // finished training ends with the same heads.
+    let heads_before = std::fs::read(out.join("medusa_lm_head.safetensors")).unwrap();
+    let text = std::fs::read_to_string(&corpus_path).unwrap();
+    let kept_lines: Vec<&str> = text.lines().collect();
+    std::fs::write(&corpus_path, kept_lines[..kept_lines.len() - 2].join("\n") + "\n{\"id\": \"p7#s").unwrap();
+    ok(&train(&s, &out, "1", &[&extra[..], &["--resume"]].concat()));
+    let mut again: Vec<String> = lines(&corpus_path).iter().map(|e| e.to_string()).collect();
+    let mut first: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
+    again.sort();
+    first.sort();
+    assert_eq!(again, first);
+    assert_eq!(std::fs::read(out.join("medusa_lm_head.safetensors")).unwrap(), heads_before);
+
+    // Another number of samples is refused, naming the corpus.
+    let e = err(&train(&s, &out, "1", &["--samples", "2", "--temperature", "1.0", "--resume"]));
+    assert!(e.contains("corpus.jsonl") && e.contains("sample"), "{e}");
+}

@@ -1,10 +1,14 @@
 //! The self-distillation corpus and its hidden states.
 //!
-//! - [`build_corpus`]: the base model answers every prompt greedily; each answer is appended to
-//!   `corpus.jsonl` (token ids and text) as it finishes, so a killed run resumes where it stopped.
-//! - [`hidden_states`]: one teacher-forced forward per sequence gives the backbone's last
-//!   hidden state (after the final norm) at every answer position: what the heads read. Cached
-//!   as one f16 file, so training epochs never rerun the backbone.
+//! - [`build_corpus`]: the base model answers every prompt, greedily, and optionally with more
+//!   answers drawn at a temperature, all of a prompt's answers decoded together as the batch
+//!   rows of one forward (the prompt is prefilled once). A prompt's answers are appended to
+//!   `corpus.jsonl` (token ids and text) as they finish, so a killed run resumes where it
+//!   stopped. The hidden states the decoding computed anyway are kept in `cache/hidden/`, one
+//!   file per answer, so that they need not be computed a second time.
+//! - [`hidden_states`]: the backbone's last hidden state (after the final norm) at every answer
+//!   position: what the heads read. Taken from that store, or computed by one teacher-forced
+//!   forward per sequence. Cached as one f16 file, so training epochs never rerun the backbone.
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
@@ -13,7 +17,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use decodebench_strategies::{autoregressive, DecoderModel, ForwardInput, LogitRows, StopConfig};
+use decodebench_strategies::sampler::{argmax, Sampler, SamplingConfig};
+use decodebench_strategies::{autoregressive, prefill, BlockAttention, DecoderModel, ForwardInput, LogitRows, StopConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -23,6 +28,8 @@ use crate::decoding::prompt_ids;
 use crate::models::LoadedModel;
 
 pub const CORPUS_FILE: &str = "corpus.jsonl";
+/// The folder, in the cache, of the hidden states saved while answering.
+pub const HIDDEN_STORE: &str = "hidden";
 
 /// One prompt and the base model's own greedy answer to it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,13 +50,41 @@ impl CorpusEntry {
     }
 }
 
-/// The first line of `corpus.jsonl`: what the answers were made with. A corpus of another model
-/// or length is refused rather than mixed.
+/// The first line of `corpus.jsonl`: what the answers were made with. A corpus of another model,
+/// length or sampling is refused rather than mixed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CorpusHeader {
     pub model: String,
     pub model_sha256: String,
     pub max_new_tokens: usize,
+    /// Answers per prompt: the greedy one, then `samples - 1` drawn at `temperature`.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub samples: usize,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub temperature: f64,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+fn is_zero(t: &f64) -> bool {
+    *t == 0.0
+}
+
+impl CorpusHeader {
+    /// The corpus id of a prompt's answer `sample` (0, the greedy answer, keeps the prompt's id).
+    pub fn entry_id(prompt_id: &str, sample: usize) -> String {
+        if sample == 0 {
+            prompt_id.to_string()
+        } else {
+            format!("{prompt_id}#s{sample}")
+        }
+    }
 }
 
 pub(crate) fn bar(progress: bool, len: usize, what: &str) -> ProgressBar {
@@ -112,34 +147,50 @@ fn write_all(path: &Path, header: &CorpusHeader, entries: &[CorpusEntry]) -> Res
 }
 
 /// The corpus for `prompts` in `path`: read where it exists (the answers already made are kept),
-/// completed by greedy answers of `model` for the prompts it lacks. Entries come back in prompt
-/// order.
+/// completed by `header.samples` answers of `model` per prompt for the prompts it lacks. Entries
+/// come back in prompt order, a prompt's samples in order. With `hidden_store`, the hidden
+/// states of each new answer are saved there (see [`hidden_states`]).
 pub fn build_corpus(
     model: &mut LoadedModel,
     header: &CorpusHeader,
     prompts: &[PromptItem],
     path: &Path,
+    hidden_store: Option<&Path>,
     progress: bool,
 ) -> Result<Vec<CorpusEntry>> {
+    if header.samples == 0 {
+        bail!("--samples: must be at least 1");
+    }
+    if header.samples > 1 && !(header.temperature > 0.0 && header.temperature.is_finite()) {
+        bail!("--temperature: more than one sample per prompt needs a temperature > 0, got {}", header.temperature);
+    }
     let (old_header, mut entries, torn) = read_corpus(path)?;
     if let Some(h) = &old_header {
         if h != header {
             bail!(
-                "{} was made by {} (sha256 {}) with max_new_tokens {}, not by {} with {}: remove it, or use another --out",
+                "{} was made by {} (sha256 {}) with max_new_tokens {}, {} sample(s) per prompt at temperature {}, not by {} with {}, {} at {}: remove it, or use another --out",
                 path.display(),
                 h.model,
                 &h.model_sha256[..h.model_sha256.len().min(12)],
                 h.max_new_tokens,
+                h.samples,
+                h.temperature,
                 header.model,
-                header.max_new_tokens
+                header.max_new_tokens,
+                header.samples,
+                header.temperature
             );
         }
     }
     if old_header.is_none() || torn {
         write_all(path, header, &entries)?;
     }
+    if let Some(dir) = hidden_store {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     let done: HashSet<String> = entries.iter().map(|e| e.id.clone()).collect();
-    let todo: Vec<&PromptItem> = prompts.iter().filter(|p| !done.contains(&p.id)).collect();
+    let missing = |p: &PromptItem| (0..header.samples).any(|s| !done.contains(&CorpusHeader::entry_id(&p.id, s)));
+    let todo: Vec<&PromptItem> = prompts.iter().filter(|p| missing(p)).collect();
     if !todo.is_empty() {
         let mut file = OpenOptions::new().append(true).open(path).with_context(|| format!("cannot append to {}", path.display()))?;
         let bar = bar(progress, prompts.len(), "corpus");
@@ -148,22 +199,140 @@ pub fn build_corpus(
         let mut tokens_made = 0usize;
         let t0 = std::time::Instant::now();
         for p in todo {
-            let entry = answer(model, p, &stop)?;
-            tokens_made += entry.answer_len();
-            let line = serde_json::to_string(&entry)? + "\n";
-            file.write_all(line.as_bytes())
+            let answers = answers(model, p, header, &stop)?;
+            let mut lines = String::new();
+            for (entry, hidden) in answers {
+                if done.contains(&entry.id) {
+                    continue;
+                }
+                // The states first: a corpus line whose states are missing is recomputed, never
+                // paired with another answer's.
+                if let Some(dir) = hidden_store {
+                    let map = std::collections::HashMap::from([("hidden".to_string(), hidden)]);
+                    super::save_safetensors_atomic(&map, &stored_hidden_path(dir, header, &entry))?;
+                }
+                tokens_made += entry.answer_len();
+                lines.push_str(&(serde_json::to_string(&entry)? + "\n"));
+                entries.push(entry);
+            }
+            file.write_all(lines.as_bytes())
                 .and_then(|()| file.sync_data())
                 .with_context(|| format!("cannot append to {}", path.display()))?;
-            entries.push(entry);
             bar.inc(1);
             bar.set_message(format!("{:.1} tok/s", tokens_made as f64 / t0.elapsed().as_secs_f64()));
         }
         bar.finish_and_clear();
     }
-    let order: std::collections::HashMap<&str, usize> = prompts.iter().enumerate().map(|(i, p)| (p.id.as_str(), i)).collect();
-    entries.retain(|e| order.contains_key(e.id.as_str()));
-    entries.sort_by_key(|e| order[e.id.as_str()]);
+    let mut order: std::collections::HashMap<String, (usize, usize)> = std::collections::HashMap::new();
+    for (i, p) in prompts.iter().enumerate() {
+        for s in 0..header.samples {
+            order.insert(CorpusHeader::entry_id(&p.id, s), (i, s));
+        }
+    }
+    entries.retain(|e| order.contains_key(&e.id));
+    entries.sort_by_key(|e| order[&e.id]);
     Ok(entries)
+}
+
+/// A prompt's `header.samples` answers, decoded together: the prompt is prefilled once and its
+/// cache copied to one batch row per answer; row 0 takes the arg-max, the others draw at the
+/// temperature (seeded by the prompt id, so a rerun makes the same answers). Rows leave the
+/// batch when they stop. Each answer comes with the hidden states the decoding computed at its
+/// answer positions, `(answer_len, hidden)` f16 on the CPU.
+pub fn answers(model: &mut LoadedModel, p: &PromptItem, header: &CorpusHeader, stop: &StopConfig) -> Result<Vec<(CorpusEntry, Tensor)>> {
+    let err = |e: candle_core::Error| anyhow::anyhow!("{}: prompt {}: {e}", model.name, p.id);
+    let prompt = prompt_ids(&model.tokenizer, &p.prompt, None, false)?;
+    let max_context = model.model.info().max_context;
+    if prompt.len() + stop.max_new_tokens > max_context {
+        bail!(
+            "{}: prompt {} has {} tokens: with {} new ones it overflows the context of {max_context}",
+            model.name,
+            p.id,
+            prompt.len(),
+            stop.max_new_tokens
+        );
+    }
+    let seed = u64::from_le_bytes(Sha256::digest(p.id.as_bytes())[..8].try_into().expect("8 bytes"));
+    let mut sampler = Sampler::new(SamplingConfig { temperature: header.temperature, top_k: None, top_p: None, seed });
+    let b = header.samples;
+    let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); b];
+    let mut states: Vec<Vec<Tensor>> = vec![Vec::new(); b];
+    let pick = |row: usize, logits: &[f32], sampler: &mut Sampler| -> u32 {
+        if row == 0 {
+            argmax(logits)
+        } else {
+            let probs = sampler.distribution(logits);
+            sampler.sample(&probs)
+        }
+    };
+    model.model.clear_cache();
+    let (out, _) = prefill(&mut model.model, &prompt).map_err(err)?;
+    let logits = out.logits.flatten_all().map_err(err)?.to_device(&Device::Cpu)?.to_vec1::<f32>()?;
+    let h0 = out.hidden.flatten_all().map_err(err)?.to_device(&Device::Cpu)?;
+    for row in 0..b {
+        tokens[row].push(pick(row, &logits, &mut sampler));
+        states[row].push(h0.clone());
+    }
+    let finished = |t: &[u32]| t.len() >= stop.max_new_tokens || t.last().is_some_and(|&x| stop.is_eos(x));
+    let mut active: Vec<usize> = (0..b).filter(|&r| !finished(&tokens[r])).collect();
+    if !active.is_empty() {
+        model.model.reorder_cache(&vec![0; active.len()]).map_err(err)?;
+    }
+    while !active.is_empty() {
+        // Every row still running has as many tokens as every other.
+        let position = prompt.len() + tokens[active[0]].len() - 1;
+        let last: Vec<u32> = active.iter().map(|&r| *tokens[r].last().expect("one token at least")).collect();
+        let out = model
+            .model
+            .forward(&ForwardInput {
+                tokens: &last,
+                batch: active.len(),
+                positions: &[position],
+                attention: &BlockAttention::Causal,
+                rows: LogitRows::Last,
+            })
+            .map_err(err)?;
+        let logits = out.logits.squeeze(1).map_err(err)?.to_device(&Device::Cpu)?.to_vec2::<f32>()?;
+        let hidden = out.hidden.squeeze(1).map_err(err)?.to_device(&Device::Cpu)?;
+        for (i, &row) in active.iter().enumerate() {
+            tokens[row].push(pick(row, &logits[i], &mut sampler));
+            states[row].push(hidden.get(i)?);
+        }
+        let keep: Vec<usize> = (0..active.len()).filter(|&i| !finished(&tokens[active[i]])).collect();
+        if keep.len() < active.len() && !keep.is_empty() {
+            model.model.reorder_cache(&keep).map_err(err)?;
+        }
+        active = keep.iter().map(|&i| active[i]).collect();
+    }
+    model.model.clear_cache();
+    let mut out = Vec::with_capacity(b);
+    for (row, (answer, hidden)) in tokens.into_iter().zip(states).enumerate() {
+        let text = model.tokenizer.decode_skip_special(&answer)?;
+        let mut all = prompt.clone();
+        all.extend(&answer);
+        let entry = CorpusEntry {
+            id: CorpusHeader::entry_id(&p.id, row),
+            category: p.category.clone(),
+            prompt_tokens: prompt.len(),
+            tokens: all,
+            text,
+        };
+        out.push((entry, Tensor::stack(&hidden, 0)?.to_dtype(DType::F16)?));
+    }
+    Ok(out)
+}
+
+/// Where [`build_corpus`] keeps an answer's hidden states: named by the model and the tokens, so
+/// a file never stands for another answer.
+fn stored_hidden_path(dir: &Path, header: &CorpusHeader, e: &CorpusEntry) -> std::path::PathBuf {
+    let mut h = Sha256::new();
+    h.update(header.model_sha256.as_bytes());
+    h.update(e.prompt_tokens.to_le_bytes());
+    for t in &e.tokens {
+        h.update(t.to_le_bytes());
+    }
+    let name: String = h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
+    dir.join(format!("{name}.safetensors"))
 }
 
 /// The base model's greedy answer to one prompt, in its chat template.
@@ -187,13 +356,43 @@ pub fn rows_of(e: &CorpusEntry) -> usize {
 /// Hidden states of every entry's answer positions, `(Σ rows, hidden)` f32 on the CPU: row `r`
 /// of entry `e` is the state at position `prompt_tokens - 1 + r`, from which the base model
 /// predicts token `prompt_tokens + r` and head k token `prompt_tokens + r + 1 + k`.
-pub fn hidden_states(model: &mut LoadedModel, corpus: &[CorpusEntry], progress: bool) -> Result<Tensor> {
+///
+/// With `store` (the folder [`build_corpus`] saved states in, and the corpus header), an
+/// answer's states are read from there when its file exists; the others are computed.
+pub fn hidden_states(
+    model: &mut LoadedModel,
+    corpus: &[CorpusEntry],
+    store: Option<(&Path, &CorpusHeader)>,
+    progress: bool,
+) -> Result<Tensor> {
     let bar = bar(progress, corpus.len(), "hidden states");
     let mut parts = Vec::with_capacity(corpus.len());
+    let width = model.model.info().hidden_size;
     for e in corpus {
         if rows_of(e) == 0 {
             bar.inc(1);
             continue;
+        }
+        if let Some((dir, header)) = store {
+            let path = stored_hidden_path(dir, header, e);
+            if path.is_file() {
+                let h = candle_core::safetensors::load(&path, &Device::Cpu)
+                    .with_context(|| format!("cannot read {}", path.display()))?
+                    .remove("hidden")
+                    .with_context(|| format!("{}: no `hidden` tensor (remove the file to recompute it)", path.display()))?;
+                if h.dims() != [rows_of(e), width] {
+                    bail!(
+                        "{}: hidden states of shape {:?}, not ({}, {width}) for corpus entry {} (remove the file to recompute it)",
+                        path.display(),
+                        h.dims(),
+                        rows_of(e),
+                        e.id
+                    );
+                }
+                parts.push(h.to_dtype(DType::F32)?);
+                bar.inc(1);
+                continue;
+            }
         }
         let n = e.tokens.len() - 1;
         let positions: Vec<usize> = (0..n).collect();
@@ -230,7 +429,14 @@ pub fn corpus_hash(header: &CorpusHeader, corpus: &[CorpusEntry]) -> String {
 }
 
 /// [`hidden_states`] through a cache file (f16 safetensors keyed by [`corpus_hash`]).
-pub fn cached_hidden_states(model: &mut LoadedModel, corpus: &[CorpusEntry], hash: &str, cache: &Path, progress: bool) -> Result<Tensor> {
+pub fn cached_hidden_states(
+    model: &mut LoadedModel,
+    corpus: &[CorpusEntry],
+    header: &CorpusHeader,
+    hash: &str,
+    cache: &Path,
+    progress: bool,
+) -> Result<Tensor> {
     let path = cache.join(format!("hidden-{hash}.safetensors"));
     if path.is_file() {
         let mut t = candle_core::safetensors::load(&path, &Device::Cpu).with_context(|| format!("cannot read {}", path.display()))?;
@@ -239,7 +445,7 @@ pub fn cached_hidden_states(model: &mut LoadedModel, corpus: &[CorpusEntry], has
         }
         bail!("{}: no `hidden` tensor (remove the file to recompute it)", path.display());
     }
-    let h = hidden_states(model, corpus, progress)?;
+    let h = hidden_states(model, corpus, Some((&cache.join(HIDDEN_STORE), header)), progress)?;
     std::fs::create_dir_all(cache).with_context(|| format!("cannot create {}", cache.display()))?;
     let map = std::collections::HashMap::from([("hidden".to_string(), h.to_dtype(DType::F16)?)]);
     super::save_safetensors_atomic(&map, &path)?;

@@ -40,6 +40,9 @@ pub struct TrainHeadsArgs {
     /// Training prompts (default: datasets/train-prompts.jsonl).
     pub prompts: Option<PathBuf>,
     pub max_new_tokens: usize,
+    /// Answers per prompt: the greedy one and `samples - 1` drawn at `temperature`.
+    pub samples: usize,
+    pub temperature: f64,
     pub train: TrainConfig,
     /// Continue a training checkpoint in `out` (the corpus and hidden states are reused
     /// whenever they match, with or without it).
@@ -67,6 +70,11 @@ pub struct TrainingLog {
     pub cpu: String,
     pub threads: usize,
     pub prompts: usize,
+    /// Answers per prompt (the greedy one and those drawn at `temperature`).
+    #[serde(default = "one")]
+    pub samples: usize,
+    #[serde(default)]
+    pub temperature: f64,
     pub corpus_tokens: usize,
     pub examples: usize,
     pub steps: usize,
@@ -83,6 +91,10 @@ pub struct EpochFigures {
     pub epoch: usize,
     pub loss: f64,
     pub top1: Vec<f64>,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// What a checkpoint was made by: resuming another run is refused.
@@ -134,13 +146,20 @@ pub fn train_heads(args: &TrainHeadsArgs) -> Result<TrainingLog> {
     }
 
     let (mut model, sha) = load_model(&args.model, args.progress)?;
-    let header = CorpusHeader { model: args.model.clone(), model_sha256: sha.clone(), max_new_tokens: args.max_new_tokens };
+    let header = CorpusHeader {
+        model: args.model.clone(),
+        model_sha256: sha.clone(),
+        max_new_tokens: args.max_new_tokens,
+        samples: args.samples,
+        temperature: if args.samples > 1 { args.temperature } else { 0.0 },
+    };
     let t0 = Instant::now();
-    let corpus = corpus::build_corpus(&mut model, &header, &prompts, &out.join(corpus::CORPUS_FILE), args.progress)?;
+    let store = cache.join(corpus::HIDDEN_STORE);
+    let corpus = corpus::build_corpus(&mut model, &header, &prompts, &out.join(corpus::CORPUS_FILE), Some(&store), args.progress)?;
     let corpus_s = t0.elapsed().as_secs_f64();
     let hash = corpus::corpus_hash(&header, &corpus);
     let t1 = Instant::now();
-    let hidden = corpus::cached_hidden_states(&mut model, &corpus, &hash, &cache, args.progress)?;
+    let hidden = corpus::cached_hidden_states(&mut model, &corpus, &header, &hash, &cache, args.progress)?;
     let hidden_s = t1.elapsed().as_secs_f64();
     let mut lm_head = model.model.lm_head_weight()?;
     let info = model.model.info().clone();
@@ -229,7 +248,9 @@ pub fn train_heads(args: &TrainHeadsArgs) -> Result<TrainingLog> {
         model: args.model.clone(),
         cpu: crate::runner::machine::machine("cpu", Vec::new()).cpu,
         threads: candle_core::utils::get_num_threads(),
-        prompts: corpus.len(),
+        prompts: corpus.len() / header.samples,
+        samples: header.samples,
+        temperature: header.temperature,
         corpus_tokens: corpus.iter().map(CorpusEntry::answer_len).sum(),
         examples,
         steps: trainer.step(),
@@ -301,7 +322,7 @@ pub fn eval_heads(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let hidden = corpus::hidden_states(model, &entries, progress)?;
+    let hidden = corpus::hidden_states(model, &entries, None, progress)?;
     let k = heads.num_heads();
     let mut hits = vec![vec![0usize; TOP_K]; k];
     let mut positions = vec![0usize; k];
