@@ -71,6 +71,11 @@ enum Command {
         /// One JSON object: {"top1": [per head], "top5": [per head], ...}.
         #[arg(long)]
         json: bool,
+        /// Replay a tree (repeatable: a shipped name, chain:D, dense:KxD or a tree file) over the
+        /// measured ranks: the tokens per target forward greedy Medusa decoding with it gets on
+        /// these answers, without running it.
+        #[arg(long = "tree")]
+        trees: Vec<String>,
     },
     /// Build the Medusa tree with the highest predicted speedup on this machine: the heads'
     /// top-k acceptance on calibration prompts, the measured forward-cost curve, greedy
@@ -894,26 +899,38 @@ fn run(cli: Cli) -> Result<()> {
                     "note: no tree pays off on this machine with these heads (predicted < 1.0 at every size): plain decoding is faster"
                 );
             }
+            let replayed = decodebench::heads::tune::replay(&o.accuracy.rank_paths, &o.tree.paths);
             println!(
-                "tree: {} ({} nodes): predicted {:.3} tokens per step, predicted speedup {:.3}",
+                "tree: {} ({} nodes): predicted {:.3} tokens per step ({:.3} replayed step by step on these answers), predicted speedup {:.3}",
                 o.tree_file.display(),
                 o.tree.paths.len(),
                 o.tree.expected_accepted,
+                replayed.mean_accepted(),
                 o.tree.predicted_speedup
             );
             Ok(())
         }
-        Command::EvalHeads { source, json } => {
+        Command::EvalHeads { source, json, trees } => {
             let acc = decodebench::heads::eval_command(&source.source(!json))?;
+            let replays = decodebench::heads::replay_trees(&acc, &trees)?;
             if json {
                 let col = |k: usize| acc.topk.iter().map(|row| row[k - 1]).collect::<Vec<f64>>();
+                let replayed: serde_json::Map<String, serde_json::Value> = replays
+                    .iter()
+                    .map(|(t, nodes, r)| {
+                        (t.clone(), serde_json::json!({"nodes": nodes, "steps": r.steps, "tokens": r.tokens, "mean_accepted_tokens": r.mean_accepted()}))
+                    })
+                    .collect();
                 println!(
                     "{}",
                     serde_json::json!({"top1": col(1), "top5": col(5), "top10": col(10), "positions": acc.positions,
-                        "top1_by_category": acc.top1_by_category, "heads": acc.heads, "prompts": acc.prompts})
+                        "top1_by_category": acc.top1_by_category, "heads": acc.heads, "prompts": acc.prompts, "replayed": replayed})
                 );
             } else {
                 print!("{}", decodebench::heads::format_accuracy(&acc));
+                for (t, nodes, r) in &replays {
+                    println!("tree {t} ({nodes} nodes), replayed: {:.3} tokens per target forward ({} steps)", r.mean_accepted(), r.steps);
+                }
             }
             Ok(())
         }

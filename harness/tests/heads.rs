@@ -139,6 +139,42 @@ fn heads_learn_the_models_own_continuation() {
     ]));
     let g: serde_json::Value = serde_json::from_str(&gen).unwrap();
     assert!(g["mean_accepted_tokens"].as_f64().unwrap() >= 1.0, "{g}");
+
+    // eval-heads --tree replays greedy Medusa decoding over the ranks it measured: on each
+    // prompt it gives the tokens per forward a real run with that tree gets.
+    let one = s.root.join("one.jsonl");
+    let mut compared = 0;
+    for i in [1, 3, 6] {
+        let prompt = format!("tell me about {i} and {}", i * 7);
+        std::fs::write(&one, serde_json::json!({"id": "x", "category": "writing", "prompt": prompt}).to_string() + "\n").unwrap();
+        for tree in ["chain:2", "dense:2x2"] {
+            let args = ["eval-heads", "--model", s.model.to_str().unwrap(), "--heads", out.to_str().unwrap()];
+            let rest = ["--prompts", one.to_str().unwrap(), "--max-new-tokens", "40", "--json", "--tree", tree];
+            let acc: serde_json::Value = serde_json::from_str(&ok(&decodebench(&[&args[..], &rest[..]].concat()))).unwrap();
+            let replayed = &acc["replayed"][tree];
+            let gen = ok(&decodebench(&[
+                "generate",
+                "--model",
+                s.model.to_str().unwrap(),
+                "--prompt",
+                &prompt,
+                "--strategy",
+                "medusa",
+                "--heads",
+                out.to_str().unwrap(),
+                "--tree",
+                tree,
+                "--max-new-tokens",
+                "40",
+                "--json",
+            ]));
+            let g: serde_json::Value = serde_json::from_str(&gen).unwrap();
+            let (real, replay) = (g["mean_accepted_tokens"].as_f64().unwrap(), replayed["mean_accepted_tokens"].as_f64().unwrap());
+            assert!((real - replay).abs() <= 0.05 * real, "prompt {i}, {tree}: real {real}, replayed {replay}: {replayed}");
+            compared += usize::from(real > 1.0);
+        }
+    }
+    assert!(compared >= 3, "the heads accepted nothing to compare");
 }
 
 #[test]

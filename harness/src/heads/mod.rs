@@ -300,6 +300,11 @@ pub struct HeadAccuracy {
     pub topk: Vec<Vec<f64>>,
     /// Top-1 per head, by prompt category.
     pub top1_by_category: BTreeMap<String, Vec<f64>>,
+    /// Per answer, per answer position: the rank of each head's target among its guesses, head
+    /// by head up to the first one that is not in the top [`TOP_K`] (a tree node with that path
+    /// of ranks is accepted there). What [`tune::replay`] and [`tune::measured_nodes`] read.
+    #[serde(skip)]
+    pub rank_paths: Vec<Vec<Vec<u8>>>,
 }
 
 pub const TOP_K: usize = 10;
@@ -330,9 +335,11 @@ pub fn eval_heads(
     let mut offset = 0;
     let device = model.model.device().clone();
     let head_index: Option<HashMap<u32, u32>> = heads.head_vocab().map(|v| (0..v as u32).map(|i| (heads.token_id(i), i)).collect());
+    let mut rank_paths = Vec::with_capacity(entries.len());
     for e in &entries {
         let rows = corpus::rows_of(e);
         let (c_hits, c_n) = cat.entry(e.category.clone()).or_insert_with(|| (vec![0; k], vec![0; k]));
+        let mut ranks: Vec<Vec<Option<u32>>> = vec![vec![None; k]; rows];
         // Chunks of rows: (K, rows, vocab) logits at once would not fit for long answers.
         for start in (0..rows).step_by(32) {
             let n = (rows - start).min(32);
@@ -365,6 +372,9 @@ pub fn eval_heads(
                 let target_logit = l.gather(&t, 1)?;
                 // Rank: how many tokens score above the target (ties go the target's way).
                 let rank = l.broadcast_gt(&target_logit)?.to_dtype(DType::U32)?.sum(D::Minus1)?.to_vec1::<u32>()?;
+                for (&row, &r) in valid.iter().zip(&rank) {
+                    ranks[start + row as usize][head] = Some(r);
+                }
                 for r in rank {
                     positions[head] += 1;
                     c_n[head] += 1;
@@ -380,6 +390,12 @@ pub fn eval_heads(
             }
         }
         offset += rows;
+        rank_paths.push(
+            ranks
+                .into_iter()
+                .map(|row| row.into_iter().map_while(|r| r.filter(|&r| (r as usize) < TOP_K).map(|r| r as u8)).collect())
+                .collect(),
+        );
     }
     let share = |a: usize, n: usize| if n == 0 { 0.0 } else { a as f64 / n as f64 };
     Ok(HeadAccuracy {
@@ -388,7 +404,21 @@ pub fn eval_heads(
         topk: hits.iter().zip(&positions).map(|(h, &n)| h.iter().map(|&a| share(a, n)).collect()).collect(),
         positions,
         top1_by_category: cat.into_iter().map(|(c, (h, n))| (c, h.iter().zip(&n).map(|(&a, &m)| share(a, m)).collect())).collect(),
+        rank_paths,
     })
+}
+
+/// Each tree of `specs` (names, `chain:D`, files) replayed over the ranks `a` measured:
+/// (tree, nodes, what greedy Medusa decoding with it does on those answers).
+pub fn replay_trees(a: &HeadAccuracy, specs: &[String]) -> Result<Vec<(String, usize, tune::Replay)>> {
+    specs
+        .iter()
+        .map(|spec| {
+            let tree = decodebench_strategies::medusa::TreeTopology::parse(spec, a.topk.len(), TOP_K)
+                .map_err(|e| anyhow::anyhow!("--tree: {e}"))?;
+            Ok((spec.clone(), tree.len(), tune::replay(&a.rank_paths, tree.paths())))
+        })
+        .collect()
 }
 
 /// `eval-heads` as a table: heads down, top-1..top-10 across, then top-1 by category.
@@ -534,8 +564,8 @@ pub fn tune_command(args: &TuneArgs) -> Result<TuneOutcome> {
     }
     let heads_ms = decodebench_tables::stats::median(&times).expect("21 timed calls");
 
-    let q = tune::rank_probabilities(&accuracy.topk);
-    let tree = tune::tune(&q, &curve, heads_ms, args.max_nodes).context("the cost curve is empty")?;
+    let nodes = tune::measured_nodes(&accuracy.rank_paths);
+    let tree = tune::tune(&nodes, &curve, heads_ms, args.max_nodes).context("the cost curve is empty")?;
     if tree.paths.is_empty() {
         bail!("the heads never rank the base model's next tokens in their top {TOP_K} on these prompts: there is no tree to build");
     }
