@@ -64,7 +64,7 @@ pub struct CorpusHeader {
     pub temperature: f64,
 }
 
-fn one() -> usize {
+pub(crate) fn one() -> usize {
     1
 }
 

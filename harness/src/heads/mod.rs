@@ -71,7 +71,7 @@ pub struct TrainingLog {
     pub threads: usize,
     pub prompts: usize,
     /// Answers per prompt (the greedy one and those drawn at `temperature`).
-    #[serde(default = "one")]
+    #[serde(default = "corpus::one")]
     pub samples: usize,
     #[serde(default)]
     pub temperature: f64,
@@ -91,10 +91,6 @@ pub struct EpochFigures {
     pub epoch: usize,
     pub loss: f64,
     pub top1: Vec<f64>,
-}
-
-fn one() -> usize {
-    1
 }
 
 /// What a checkpoint was made by: resuming another run is refused.
