@@ -154,6 +154,14 @@ impl PackedWeight {
             Self::Blocks(p) => p.matmul_quantized_on(path, &QuantizedActs::quantize(x, m, k), out),
         }
     }
+
+    /// `x (m, k) · Wᵀ` `(m, n)` on the path this machine runs for `m` rows
+    /// ([`crate::qmatmul::path_for`] the selected one).
+    pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; m * self.shape().0];
+        self.matmul_on(crate::qmatmul::path_for(crate::qmatmul::selected_path(), self, m), x, m, &mut out)?;
+        Ok(out)
+    }
 }
 
 /// [`PackedWeight::wide_min_rows`] by type (`None` for the types not packed as well; Q6_K's

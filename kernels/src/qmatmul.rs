@@ -751,13 +751,11 @@ pub fn qmatmul_packed(w: &crate::packed::PackedWeight, x: &Tensor) -> Result<Ten
     }
     let x = x.contiguous()?;
     let m = x.elem_count() / k;
-    let mut out = vec![0f32; m * n];
-    {
+    let out = {
         let (storage, layout) = x.storage_and_layout();
         let Storage::Cpu(cpu) = &*storage else { candle_core::bail!("quantized matmul: input is not on the CPU") };
-        let xs = &cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + m * k];
-        w.matmul_on(path_for(selected_path(), w, m), xs, m, &mut out)?;
-    }
+        w.matmul(&cpu.as_slice::<f32>()?[layout.start_offset()..layout.start_offset() + m * k], m)?
+    };
     let mut dims = x.dims().to_vec();
     *dims.last_mut().expect("rank >= 1") = n;
     Tensor::from_vec(out, dims, &Device::Cpu)

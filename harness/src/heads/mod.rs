@@ -31,6 +31,10 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const TRAINING_FILE: &str = "training.json";
 const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 const CHECKPOINT_META: &str = "checkpoint.json";
+/// Timed rounds of `tune-tree`'s forward-cost curve. The runner's three leave c(2) / c(1)
+/// anywhere from 1.16 to 1.38 between runs on a shared 2-core machine, enough to flip a small
+/// tree's predicted speedup across 1.0; the whole curve up to 65 tokens costs about 1.5 s a round.
+const TUNE_ROUNDS: usize = 9;
 
 /// `decodebench train-heads`'s arguments.
 #[derive(Debug, Clone)]
@@ -395,7 +399,7 @@ pub fn eval_heads(
     }
     let share = |a: usize, n: usize| if n == 0 { 0.0 } else { a as f64 / n as f64 };
     Ok(HeadAccuracy {
-        heads: heads.source().to_string(),
+        heads: if heads.is_packed() { format!("{} (Q8_0 copies on the CPU)", heads.source()) } else { heads.source().to_string() },
         prompts: entries.len(),
         topk: hits.iter().zip(&positions).map(|(h, &n)| h.iter().map(|&a| share(a, n)).collect()).collect(),
         positions,
@@ -545,7 +549,7 @@ pub fn tune_command(args: &TuneArgs) -> Result<TuneOutcome> {
         tokens.push(args.max_nodes + 1);
     }
     let context = args.context.min(model.model.info().max_context.saturating_sub(args.max_nodes + 1));
-    let curve = crate::calibrate::calibrate(&mut model.model, context, &tokens, 3)?;
+    let curve = crate::calibrate::calibrate(&mut model.model, context, &tokens, TUNE_ROUNDS)?;
     let device = model.model.device().clone();
     let hidden = Tensor::zeros((1, 1, heads.hidden_size()), DType::F32, &device)?;
     let mut times = Vec::new();
@@ -561,7 +565,7 @@ pub fn tune_command(args: &TuneArgs) -> Result<TuneOutcome> {
     let heads_ms = decodebench_tables::stats::median(&times).expect("21 timed calls");
 
     let nodes = tune::measured_nodes(&accuracy.rank_paths);
-    let tree = tune::tune(&nodes, &curve, heads_ms, args.max_nodes).context("the cost curve is empty")?;
+    let tree = tune::tune(&nodes, Some(&accuracy.rank_paths), &curve, heads_ms, args.max_nodes).context("the cost curve is empty")?;
     if tree.paths.is_empty() {
         bail!("the heads never rank the base model's next tokens in their top {TOP_K} on these prompts: there is no tree to build");
     }

@@ -7,6 +7,12 @@
 //! bias) or the base model's `lm_head` (the Medusa-2 layout). The K heads are stacked and run as
 //! batched matmuls, in f32, on the device the weights were put on (the caller passes the model's
 //! device).
+//!
+//! On the CPU the heads run from Q8_0 copies of their weights instead, on the model's quantized
+//! kernels ([`PackedHeads`]): a step reads every head's weights once, about 88 MB in f32 for four
+//! heads on a 1.5B model with a reduced vocabulary, and that read, not the arithmetic, is its
+//! cost. Decoding, `eval-heads` and `tune-tree` all take this path, so what is measured is what
+//! decodes; the heads only draft, so greedy acceptance stays lossless.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,6 +20,9 @@ use std::path::Path;
 use candle_core::{DType, Device, Result, Tensor, D};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use decodebench_kernels::packed::PackedWeight;
 
 use crate::{DecoderModel, ModelInfo};
 
@@ -69,7 +78,37 @@ pub struct MedusaHeads {
     reduced_rows: Option<Tensor>,
     /// Where the weights came from: a file or `random:K (seed S)`.
     source: String,
+    /// Q8_0 copies for the CPU (None elsewhere, or with a hidden size the blocks do not fit).
+    packed: Option<PackedHeads>,
 }
+
+/// The heads' weights in Q8_0 for the CPU kernels: per ResBlock and head, `W` `(out, in)` and
+/// its bias; then the projection. The activations are quantized to 8 bits per row as the
+/// model's own Q8_0 layers do, and a row's result does not depend on the rows beside it, so
+/// scoring a corpus row by row gives what decoding gives.
+#[derive(Debug, Clone)]
+struct PackedHeads {
+    res: Vec<Vec<(PackedWeight, Vec<f32>)>>,
+    projection: PackedProjection,
+}
+
+#[derive(Debug, Clone)]
+enum PackedProjection {
+    /// The model's lm_head (Medusa-2, full vocabulary).
+    ModelLmHead,
+    /// Each head's own (Medusa-1).
+    PerHead(Vec<PackedWeight>),
+    /// The lm_head rows of reduced Medusa-2 heads, shared; `None` until bound.
+    Rows(Option<PackedWeight>),
+}
+
+/// `w` `(n, k)` f32 in Q8_0, packed for the CPU kernels.
+fn pack_q8(w: &Tensor) -> Result<PackedWeight> {
+    let (n, k) = w.dims2()?;
+    let q = QTensor::quantize(&w.to_dtype(DType::F32)?.contiguous()?, GgmlDType::Q8_0)?;
+    PackedWeight::new(GgmlDType::Q8_0, &q.data()?, n, k)?.ok_or_else(|| candle_core::Error::Msg("Q8_0 is not packed".into()))
+}
+
 
 impl MedusaHeads {
     /// Heads with seeded random weights (one ResBlock each): no trained heads needed to check
@@ -92,7 +131,7 @@ impl MedusaHeads {
             HeadLayout::SharedLmHead => None,
             HeadLayout::OwnProjection => Some(Tensor::from_vec(uniform(k * h * vocab_size, scale), (k, h, vocab_size), device)?),
         };
-        Ok(Self {
+        Self {
             num_heads,
             hidden_size,
             layout,
@@ -101,7 +140,9 @@ impl MedusaHeads {
             token_ids: None,
             reduced_rows: None,
             source: format!("random:{num_heads} (seed {seed})"),
-        })
+            packed: None,
+        }
+        .packed_on(device)
     }
 
     /// Loads heads in the official FasterDecoding safetensors layout (`medusa_lm_head.safetensors`;
@@ -262,9 +303,10 @@ impl MedusaHeads {
                 );
             }
         }
-        let heads = Self { num_heads, hidden_size, layout, res_blocks, projection, token_ids, reduced_rows: None, source: fname };
+        let heads =
+            Self { num_heads, hidden_size, layout, res_blocks, projection, token_ids, reduced_rows: None, source: fname, packed: None };
         heads.check_config(&file.with_file_name("config.json"))?;
-        Ok(heads)
+        heads.packed_on(device)
     }
 
     /// Token ids of reduced Medusa-2 heads whose lm_head rows are not bound yet: the caller
@@ -289,7 +331,76 @@ impl MedusaHeads {
             );
         }
         self.reduced_rows = Some(rows.to_dtype(DType::F32)?.t()?.contiguous()?);
+        if let Some(p) = &mut self.packed {
+            p.projection = PackedProjection::Rows(Some(pack_q8(rows)?));
+        }
         Ok(())
+    }
+
+    /// With [`PackedHeads`] built where the weights are on the CPU and the hidden size is a
+    /// whole number of Q8_0 blocks.
+    fn packed_on(mut self, device: &Device) -> Result<Self> {
+        if !device.is_cpu() || !self.hidden_size.is_multiple_of(32) {
+            return Ok(self);
+        }
+        let k = self.num_heads;
+        let res = self
+            .res_blocks
+            .iter()
+            .map(|b| (0..k).map(|i| Ok((pack_q8(&b.w_t.get(i)?.t()?)?, b.bias.get(i)?.flatten_all()?.to_vec1::<f32>()?))).collect())
+            .collect::<Result<Vec<_>>>()?;
+        let projection = match (&self.projection, &self.token_ids) {
+            (Some(p), _) => PackedProjection::PerHead((0..k).map(|i| pack_q8(&p.get(i)?.t()?)).collect::<Result<_>>()?),
+            (None, Some(_)) => PackedProjection::Rows(self.reduced_rows.as_ref().map(|r| pack_q8(&r.t()?)).transpose()?),
+            (None, None) => PackedProjection::ModelLmHead,
+        };
+        self.packed = Some(PackedHeads { res, projection });
+        Ok(self)
+    }
+
+    /// The same heads on the f32 path only (tests compare the two).
+    #[cfg(test)]
+    pub(crate) fn unpacked(&self) -> Self {
+        Self { packed: None, ..self.clone() }
+    }
+
+    /// Whether the heads run from their [`PackedHeads`].
+    pub fn is_packed(&self) -> bool {
+        self.packed.as_ref().is_some_and(|p| !matches!(p.projection, PackedProjection::Rows(None)))
+    }
+
+    /// [`MedusaHeads::logits_rows`] on the [`PackedHeads`] for `n` hidden states `(.., hidden)`:
+    /// `(K, n, vocab)`; `None` without them (not the CPU, or reduced rows not bound yet).
+    fn packed_logits(&self, hidden: &Tensor, model: &dyn DecoderModel) -> Result<Option<Tensor>> {
+        let Some(p) = &self.packed else { return Ok(None) };
+        if matches!(p.projection, PackedProjection::Rows(None)) {
+            return Ok(None);
+        }
+        let (k, h) = (self.num_heads, self.hidden_size);
+        let x0 = hidden.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let n = x0.len() / h;
+        let mut xs = vec![x0; k];
+        for block in &p.res {
+            for (x, (w, bias)) in xs.iter_mut().zip(block) {
+                let y = w.matmul(x, n)?;
+                for (xr, yr) in x.chunks_exact_mut(h).zip(y.chunks_exact(h)) {
+                    for ((xi, yi), b) in xr.iter_mut().zip(yr).zip(bias) {
+                        let z = yi + b;
+                        *xi += z / (1.0 + (-z).exp());
+                    }
+                }
+            }
+        }
+        let logits = match &p.projection {
+            PackedProjection::ModelLmHead => {
+                let x = Tensor::from_vec(xs.concat(), (k * n, h), &Device::Cpu)?.to_dtype(hidden.dtype())?;
+                return Ok(Some(model.lm_head(&x)?.to_dtype(DType::F32)?.reshape((k, n, ()))?));
+            }
+            PackedProjection::PerHead(ws) => ws.iter().zip(&xs).map(|(w, x)| w.matmul(x, n)).collect::<Result<Vec<_>>>()?.concat(),
+            PackedProjection::Rows(w) => w.as_ref().expect("checked above").matmul(&xs.concat(), k * n)?,
+        };
+        let vocab = logits.len() / (k * n);
+        Ok(Some(Tensor::from_vec(logits, (k, n, vocab), &Device::Cpu)?))
     }
 
     /// Size of the heads' output vocabulary when reduced (`None`: the model's).
@@ -431,6 +542,9 @@ impl MedusaHeads {
         if h != self.hidden_size {
             candle_core::bail!("Medusa heads take hidden states of size {}, got shape {:?}", self.hidden_size, hidden.dims());
         }
+        if let Some(logits) = self.packed_logits(hidden, model)? {
+            return Ok(logits);
+        }
         let dtype = hidden.dtype();
         let k = self.num_heads;
         let mut x = hidden.to_dtype(DType::F32)?.unsqueeze(0)?.broadcast_as((k, n, h))?.contiguous()?;
@@ -452,8 +566,11 @@ impl MedusaHeads {
         if h != self.hidden_size || hidden.elem_count() != h {
             candle_core::bail!("Medusa heads take one hidden state of size {}, got shape {:?}", self.hidden_size, hidden.dims());
         }
-        let dtype = hidden.dtype();
         let k = self.num_heads;
+        if let Some(logits) = self.packed_logits(hidden, model)? {
+            return logits.reshape((k, ()));
+        }
+        let dtype = hidden.dtype();
         let mut x = hidden.reshape((1, 1, h))?.to_dtype(DType::F32)?.broadcast_as((k, 1, h))?.contiguous()?;
         for block in &self.res_blocks {
             let y = x.matmul(&block.w_t)?.broadcast_add(&block.bias)?.silu()?;

@@ -451,3 +451,36 @@ fn random_heads_are_seeded_and_from_spec_parses() {
     let e = a.logits(&Tensor::zeros((2, 8), candle_core::DType::F32, &dev).unwrap(), &model).unwrap_err();
     assert!(e.to_string().contains("one hidden state"), "{e}");
 }
+
+/// On the CPU the heads run from Q8_0 copies of their weights: close to the f32 arithmetic, with
+/// the same best candidate nearly everywhere, and a row's logits the same bits alone or among
+/// other rows (so scoring a corpus gives what decoding gives).
+#[test]
+fn packed_heads_follow_the_f32_heads() {
+    let dev = Device::Cpu;
+    let model = ToyModel::hashed(300, 1, &dev);
+    let heads = MedusaHeads::random(4, 64, 300, HeadLayout::OwnProjection, 3, &dev).unwrap();
+    assert!(heads.is_packed());
+    let f32_heads = heads.unpacked();
+    assert!(!f32_heads.is_packed());
+    // Small heads (hidden 8) are not a whole Q8_0 block: f32.
+    assert!(!MedusaHeads::random(4, 8, 300, HeadLayout::OwnProjection, 3, &dev).unwrap().is_packed());
+    let n = 40;
+    let values: Vec<f32> = (0..n * 64).map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 2.0).collect();
+    let hidden = Tensor::from_vec(values, (n, 64), &dev).unwrap();
+    let packed = heads.logits_rows(&hidden, &model).unwrap();
+    let exact = f32_heads.logits_rows(&hidden, &model).unwrap();
+    assert_eq!(packed.dims(), exact.dims());
+    let (p, e) = (packed.flatten_all().unwrap().to_vec1::<f32>().unwrap(), exact.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    let scale = e.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let worst = p.iter().zip(&e).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst < 0.03 * scale, "Q8_0 heads off by {worst} on logits up to {scale}");
+    let argmax = |t: &Tensor| t.argmax(candle_core::D::Minus1).unwrap().flatten_all().unwrap().to_vec1::<u32>().unwrap();
+    let same = argmax(&packed).iter().zip(argmax(&exact)).filter(|(a, b)| **a == *b).count();
+    assert!(same * 10 >= 9 * 4 * n, "best candidate agrees on {same} of {} rows", 4 * n);
+    for r in [0, 17, n - 1] {
+        let alone = heads.logits(&hidden.narrow(0, r, 1).unwrap(), &model).unwrap();
+        let among = packed.narrow(1, r, 1).unwrap().squeeze(1).unwrap();
+        assert_eq!(alone.to_vec2::<f32>().unwrap(), among.to_vec2::<f32>().unwrap(), "row {r}");
+    }
+}
