@@ -128,15 +128,15 @@ pub fn tune(
     max_nodes: usize,
 ) -> Option<TunedTree> {
     let c1 = forward_ms(curve, 1.0)?;
-    let mut sum = 0.0;
     let mut by_size = vec![(0, 1.0, c1 / (c1 + heads_ms))];
     let order: Vec<&Vec<usize>> = nodes.iter().take_while(|(_, p)| *p > 0.0).take(max_nodes).map(|(path, _)| path).collect();
-    for (n, (_, p)) in nodes.iter().take(order.len()).enumerate() {
-        sum += p;
-        let accepted = match rank_paths {
-            Some(ranks) => replay(ranks, &order[..=n].iter().map(|p| p.to_vec()).collect::<Vec<_>>()).mean_accepted(),
-            None => 1.0 + sum,
-        };
+    // Accepted tokens per step of the tree made of the first `size` nodes.
+    let accepted_with = |size: usize| match rank_paths {
+        Some(ranks) => replay(ranks, &order[..size].iter().map(|p| p.to_vec()).collect::<Vec<_>>()).mean_accepted(),
+        None => 1.0 + nodes[..size].iter().map(|(_, p)| p).sum::<f64>(),
+    };
+    for n in 0..order.len() {
+        let accepted = accepted_with(n + 1);
         by_size.push((n + 1, accepted, accepted * c1 / (forward_ms(curve, (n + 2) as f64)? + heads_ms)));
     }
     // The best tree with at least one node (size 0, plain decoding with the heads' cost, is

@@ -109,7 +109,6 @@ fn pack_q8(w: &Tensor) -> Result<PackedWeight> {
     PackedWeight::new(GgmlDType::Q8_0, &q.data()?, n, k)?.ok_or_else(|| candle_core::Error::Msg("Q8_0 is not packed".into()))
 }
 
-
 impl MedusaHeads {
     /// Heads with seeded random weights (one ResBlock each): no trained heads needed to check
     /// that a strategy is exact or to time a tree. `vocab_size` matters only for
